@@ -1,0 +1,259 @@
+"""Typed, frozen configuration. Every field's docstring is its `--help` text.
+
+Presets (`trmrl.presets`) are values of `TrainConfig`; the command line overrides any field,
+e.g. `trmrl train cheetah-vel --seed 2 --model.window 1 --total-env-steps 200000`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from trmrl.errors import ConfigError
+
+TaskName = Literal["point-nav", "cheetah-vel", "cheetah-vel-ood", "cheetah-dir", "ant-dir"]
+MemoryScope = Literal["episode", "trial"]
+TFixup = Literal["code", "paper", "off"]
+ValueLoss = Literal["nll", "mse"]
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The task distribution and the shape of a trial."""
+
+    name: TaskName = "point-nav"
+    """Task distribution (see `trmrl.tasks`)."""
+    episodes_per_trial: int = 2
+    """E: episodes on the same task that form one trial (RL^2)."""
+    max_episode_steps: int = 20
+    """H: time limit of one episode (a truncation, not a termination)."""
+    tasks_per_epoch: int = 32
+    """B: tasks sampled per epoch, one trial each, stepped as one batch."""
+
+    def __post_init__(self) -> None:
+        _require(self.episodes_per_trial >= 1, "task.episodes_per_trial must be >= 1")
+        _require(self.max_episode_steps >= 1, "task.max_episode_steps must be >= 1")
+        _require(self.tasks_per_epoch >= 1, "task.tasks_per_epoch must be >= 1")
+
+    @property
+    def steps_per_trial(self) -> int:
+        """T = E * H: the longest a trial can be (episodes may end early on termination)."""
+        return self.episodes_per_trial * self.max_episode_steps
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The TrMRL agent: working memory -> causal transformer (no LayerNorm) -> Gaussian head."""
+
+    d_model: int = 32
+    """D: width of a working memory and of the transformer."""
+    n_heads: int = 4
+    """Attention heads; must divide d_model."""
+    d_ff: int = 128
+    """Hidden width of each layer's feed-forward block."""
+    n_layers: int = 2
+    """L: transformer layers (also the L of T-Fixup)."""
+    window: int = 5
+    """W: number of most recent working memories the transformer attends over."""
+    memory_scope: MemoryScope = "episode"
+    """Where the window is cleared: every episode start ('episode', the original code) or only
+    at a trial start ('trial', the window then spans episode boundaries)."""
+    tfixup: TFixup = "code"
+    """T-Fixup variant: 'code' scales Q, K, V, out-proj and FFN (original code), 'paper' scales
+    only V, out-proj and FFN (Huang et al. 2020), 'off' keeps plain xavier init."""
+    head_hidden: tuple[int, ...] = (64, 64)
+    """Hidden sizes of the policy's tanh MLP head."""
+    value_hidden: tuple[int, ...] = (64, 64)
+    """Hidden sizes of the value function's tanh MLP."""
+    init_std: float = 0.5
+    """Initial standard deviation of the Gaussian policy (state-independent, learned)."""
+    output_weights_scale: float = 1.0
+    """Xavier gain of the policy head's output layer."""
+    share_network: bool = False
+    """True: the value head reads the policy's latest memory (gradients reach the transformer).
+    False: a separate value MLP reads the single augmented observation."""
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_heads", "d_ff", "n_layers"):
+            _require(getattr(self, name) >= 1, f"model.{name} must be >= 1")
+        _require(
+            self.d_model % self.n_heads == 0,
+            f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})",
+        )
+        _require(self.window >= 1, f"model.window must be >= 1 (got {self.window})")
+        _require(self.init_std > 0, "model.init_std must be > 0")
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO over trials (TRMRL.md section 3). Each departure from the paper is a switch."""
+
+    gamma: float = 0.95
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    clip_coef: float = 0.2
+    """PPO ratio clip epsilon."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient (paper: 0)."""
+    update_epochs: int = 10
+    """Passes over the epoch's samples, for the policy phase and again for the value phase."""
+    minibatch_size: int = 256
+    """Windows per gradient step (every timestep's window is an independent sample)."""
+    policy_lr: float = 3e-4
+    """Policy learning rate (AdamW)."""
+    value_lr: float = 3e-4
+    """Value-function learning rate (AdamW)."""
+    policy_lr_decay: bool = False
+    """Geometric policy LR decay from epoch decay_epoch_start to decay_epoch_end."""
+    value_lr_decay: bool = False
+    """Geometric value LR decay on the same schedule."""
+    decay_epoch_start: int = 0
+    """e0: first epoch at which the LR is multiplied by the per-epoch decay factor."""
+    decay_epoch_end: int = 1
+    """e1: the decay stops after epoch e1 - 1, leaving lr * min_lr_factor."""
+    min_lr_factor: float = 1.0
+    """Final LR as a fraction of the initial one."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (paper: 0.01, torch 1.7's default)."""
+    norm_adv: bool = True
+    """Normalise advantages per minibatch (paper: off)."""
+    value_loss: ValueLoss = "mse"
+    """'nll': Gaussian negative log-likelihood of the return with a learned sigma (paper);
+    'mse': half squared error."""
+    max_grad_norm: float | None = None
+    """Clip the global gradient norm at this value (paper: no clipping)."""
+    gae_across_episodes: bool = True
+    """GAE and returns run over the whole trial, so credit crosses the inner episode boundary
+    (paper). False cuts them at every episode end."""
+    bootstrap_truncation: bool = True
+    """At a time limit, bootstrap from the value of the final observation. The paper's code
+    instead treats the trial's end as terminal (Monte-Carlo returns, value 0 past the end)."""
+
+    def __post_init__(self) -> None:
+        _require(0.0 < self.gamma <= 1.0, "ppo.gamma must be in (0, 1]")
+        _require(0.0 <= self.gae_lambda <= 1.0, "ppo.gae_lambda must be in [0, 1]")
+        _require(self.clip_coef > 0.0, "ppo.clip_coef must be > 0")
+        _require(self.update_epochs >= 1, "ppo.update_epochs must be >= 1")
+        _require(self.minibatch_size >= 1, "ppo.minibatch_size must be >= 1")
+        _require(self.policy_lr > 0 and self.value_lr > 0, "ppo learning rates must be > 0")
+        _require(0.0 < self.min_lr_factor <= 1.0, "ppo.min_lr_factor must be in (0, 1]")
+        _require(
+            0 <= self.decay_epoch_start < self.decay_epoch_end,
+            "ppo.decay_epoch_start must be >= 0 and < ppo.decay_epoch_end",
+        )
+        _require(self.max_grad_norm is None or self.max_grad_norm > 0, "ppo.max_grad_norm must be > 0")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Meta-testing: trials on tasks from a held-out seed stream, never the training stream."""
+
+    every_epochs: int = 5
+    """Run the during-training protocol every this many epochs (0: never)."""
+    n_tasks: int = 30
+    """Tasks of the during-training protocol (paper: 30 tasks x 2 episodes, mean actions)."""
+    episodes: int = 2
+    """Episodes per trial of the during-training protocol."""
+    final_n_tasks: int = 20
+    """Tasks of the meta-test after training (paper's fast-adaptation protocol: 20 x 6)."""
+    final_episodes: int = 6
+    """Episodes per trial of the meta-test after training."""
+    deterministic: bool = True
+    """Act with the policy mean (paper) instead of sampling."""
+
+    def __post_init__(self) -> None:
+        _require(self.every_epochs >= 0, "eval.every_epochs must be >= 0")
+        for name in ("n_tasks", "episodes", "final_n_tasks", "final_episodes"):
+            _require(getattr(self, name) >= 1, f"eval.{name} must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One meta-training run."""
+
+    preset: str = "point-nav"
+    """Name of the preset this config started from (recorded in the run directory)."""
+    seed: int = 1
+    """Root of every random stream (tasks, env resets, actions, minibatches, init)."""
+    total_env_steps: int = 400_000
+    """Meta-training budget in environment steps (rounded up to whole epochs)."""
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run_dir: Path | None = None
+    """Run directory; default runs/<preset>-s<seed>-<time>."""
+    checkpoint_every: int = 10
+    """Write a checkpoint every this many epochs (and always at the end)."""
+    torch_threads: int = 0
+    """Intra-op threads for torch (0: torch's default)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        _require(self.total_env_steps >= 1, "total_env_steps must be >= 1")
+        _require(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+        _require(self.torch_threads >= 0, "torch_threads must be >= 0")
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """B * T environment steps collected per epoch."""
+        return self.task.tasks_per_epoch * self.task.steps_per_trial
+
+    @property
+    def n_epochs(self) -> int:
+        return math.ceil(self.total_env_steps / self.steps_per_epoch)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a (nested) config dataclass."""
+    out = dataclasses.asdict(config)
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: fix(v) for k, v in value.items()}
+        if isinstance(value, tuple):
+            return list(value)
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    return fix(out)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested) config dataclass from `to_dict` output; unknown keys are errors."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown config field(s) for {cls.__name__}: {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value)
+        elif typing.get_origin(hint) is tuple:
+            kwargs[key] = tuple(value)
+        elif value is not None and Path in _union_args(hint):
+            kwargs[key] = Path(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _union_args(hint: Any) -> tuple[Any, ...]:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)

@@ -1,0 +1,21 @@
+"""Errors that the command line reports as one line and a non-zero exit (never a traceback)."""
+
+
+class TrmrlError(Exception):
+    """Base class: an error the user can act on. `trmrl` prints its message and exits 2."""
+
+
+class ConfigError(TrmrlError, ValueError):
+    """An unknown preset or field, or a config whose fields contradict each other."""
+
+
+class CheckpointError(TrmrlError):
+    """A run directory or checkpoint that is missing, corrupt or incompatible."""
+
+
+class MissingDependencyError(TrmrlError, ImportError):
+    """An optional dependency (e.g. metaworld) is needed but not installed."""
+
+
+class DivergenceError(TrmrlError, FloatingPointError):
+    """A loss or an action became NaN/inf; training stops and keeps the last good checkpoint."""

@@ -1,0 +1,68 @@
+"""The window: the last W working-memory inputs of each trial, left-aligned as in the original
+code. Slot j holds the j-th oldest input since the window was last cleared; slots past the
+valid length hold `pad_value` (the causal mask keeps them out of the newest position):
+
+    steps since clear      1            3               >= W (here W = 4)
+    slots               [x0 p  p  p ] [x0 x1 x2 p ]   [x_{t-3} x_{t-2} x_{t-1} x_t]
+    length                 1            3               4
+
+The window stores raw augmented observations; the policy embeds them (one linear map), so the
+update can rebuild every window exactly from the stored inputs (`gather_windows`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class Window:
+    """Sliding windows of B trials at once: buffer (B, W, O), valid lengths (B,)."""
+
+    def __init__(self, batch: int, window: int, dim: int, pad_value: float = 0.0) -> None:
+        self.window = window
+        self.pad_value = pad_value
+        self.buffer = torch.full((batch, window, dim), pad_value)
+        self.length = torch.zeros(batch, dtype=torch.long)
+
+    def clear(self, mask: Tensor) -> None:
+        """Empty the windows where mask (B,) is True."""
+        self.buffer[mask] = self.pad_value
+        self.length[mask] = 0
+
+    def _pushed(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        full = self.length == self.window
+        buffer = torch.where(full[:, None, None], self.buffer.roll(-1, dims=1), self.buffer)
+        slot = self.length.clamp(max=self.window - 1)
+        buffer = buffer.clone()
+        buffer[torch.arange(len(x)), slot] = x
+        return buffer, (self.length + 1).clamp(max=self.window)
+
+    def push(self, x: Tensor) -> None:
+        """Append one input (B, O) to every window, dropping the oldest from full ones."""
+        self.buffer, self.length = self._pushed(x)
+
+    def peek(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The (windows, lengths) `push(x)` would produce, leaving this window unchanged."""
+        return self._pushed(x)
+
+
+def gather_windows(inputs: Tensor, clears: Tensor, window: int, pad_value: float = 0.0) -> tuple[Tensor, Tensor]:
+    """Rebuild every step's window from a rollout's inputs.
+
+    inputs: (T, B, O) augmented observations; clears: (T, B) True where the window was cleared
+    just before step t's input was pushed (step 0 always counts as cleared).
+    Returns windows (T, B, W, O) and lengths (T, B), identical to what `Window` held when the
+    sampler acted at each step.
+    """
+    steps, batch, _ = inputs.shape
+    t = torch.arange(steps)[:, None].expand(steps, batch)
+    cleared_at = torch.where(clears, t, torch.zeros_like(t)).cummax(dim=0).values
+    start = torch.maximum(t - window + 1, cleared_at)
+    length = t - start + 1
+    slots = torch.arange(window)
+    index = (start[..., None] + slots).clamp(max=t[..., None])  # (T, B, W)
+    windows = inputs[index, torch.arange(batch)[None, :, None]]
+    valid = slots < length[..., None]
+    windows = torch.where(valid[..., None], windows, torch.full_like(windows, pad_value))
+    return windows, length

@@ -1,0 +1,112 @@
+"""The TrMRL agent: embed each input of the window into a working memory, run the causal
+transformer over the window, read the newest position ("latest memory"), and act with a
+Gaussian whose mean is an MLP of it and whose log-std is a learned, state-independent vector.
+
+Shapes: N windows, W window, O augmented observation, D d_model, A actions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from trmrl.config import ModelConfig
+from trmrl.nets.transformer import CausalTransformer, initialize
+
+MIN_LOG_STD = math.log(1e-6)
+
+
+def mlp(sizes: Sequence[int], output_gain: float, generator: torch.Generator) -> nn.Sequential:
+    """tanh MLP; xavier-uniform weights (the last with `output_gain`), zero biases."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        linear = nn.Linear(n_in, n_out)
+        last = i == len(sizes) - 2
+        with torch.no_grad():
+            nn.init.xavier_uniform_(linear.weight, gain=output_gain if last else 1.0, generator=generator)
+            linear.bias.zero_()
+        layers += [linear] if last else [linear, nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+@dataclass
+class PolicyOutput:
+    """Per window: action mean (N, A), value (N,); log_std (A,) is shared by all windows."""
+
+    mean: Tensor
+    log_std: Tensor
+    value: Tensor
+
+    def log_prob(self, action: Tensor) -> Tensor:
+        """log pi(a | window), summed over action dimensions: (N, A) -> (N,)."""
+        std = self.log_std.exp()
+        z = (action - self.mean) / std
+        return (-0.5 * z.pow(2) - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    def entropy(self) -> Tensor:
+        """Entropy of the Gaussian (the same for every window): scalar."""
+        return (self.log_std + 0.5 * math.log(2 * math.pi * math.e)).sum()
+
+
+class ActorCritic(nn.Module):
+    def __init__(self, obs_dim: int, act_dim: int, config: ModelConfig, generator: torch.Generator) -> None:
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.embedding = nn.Linear(obs_dim, d, bias=False)
+        self.transformer = CausalTransformer(d, config.n_heads, config.d_ff, config.n_layers, config.window)
+        initialize(self.embedding, self.transformer, config.tfixup, generator)
+        self.head = mlp([d, *config.head_hidden, act_dim], config.output_weights_scale, generator)
+        self.log_std = nn.Parameter(torch.full((act_dim,), math.log(config.init_std)))
+        value_in = d if config.share_network else obs_dim
+        self.value_net = mlp([value_in, *config.value_hidden, 1], 1.0, generator)
+        # sigma of the Gaussian value model (used by the 'nll' value loss)
+        self.value_log_std = nn.Parameter(torch.zeros(()))
+
+    def latest_memory(self, windows: Tensor, lengths: Tensor) -> Tensor:
+        """windows (N, W, O), lengths (N,) in 1..W -> final-layer output at the newest slot (N, D)."""
+        out = self.transformer(self.embedding(windows))
+        return out[torch.arange(len(windows)), lengths - 1]
+
+    def forward(self, windows: Tensor, lengths: Tensor) -> PolicyOutput:
+        memory = self.latest_memory(windows, lengths)
+        log_std = self.log_std.clamp(min=MIN_LOG_STD)
+        return PolicyOutput(self.head(memory), log_std, self.value(windows, lengths, memory))
+
+    def value(self, windows: Tensor, lengths: Tensor, memory: Tensor | None = None) -> Tensor:
+        """V (N,): from the latest memory when shared (computed unless given), else from the
+        newest augmented observation alone."""
+        if self.config.share_network:
+            x = self.latest_memory(windows, lengths) if memory is None else memory
+        else:
+            x = windows[torch.arange(len(windows)), lengths - 1]
+        return self.value_net(x).squeeze(-1)
+
+    def policy_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.embedding.parameters()
+        yield from self.transformer.parameters()
+        yield from self.head.parameters()
+        yield self.log_std
+
+    def value_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.value_net.parameters()
+        yield self.value_log_std
+        if self.config.share_network:
+            yield from self.embedding.parameters()
+            yield from self.transformer.parameters()
+
+    @torch.no_grad()
+    def act(
+        self, windows: Tensor, lengths: Tensor, generator: torch.Generator | None, deterministic: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Actions (N, A), their log-probs (N,) and values (N,) for the sampler."""
+        out = self(windows, lengths)
+        if deterministic:
+            action = out.mean
+        else:
+            action = out.mean + out.log_std.exp() * torch.randn(out.mean.shape, generator=generator)
+        return action, out.log_prob(action), out.value

@@ -1,0 +1,111 @@
+"""A causal transformer encoder without LayerNorm, stabilised by T-Fixup. Knows nothing of RL.
+
+Layer (the original code's `TransformerEncoderLayerNoLN`, dropout 0):
+    x <- x + MHA(x; causal mask)
+    x <- x + W2 relu(W1 x + b1) + b2
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def sinusoidal_positions(length: int, d_model: int) -> Tensor:
+    """PE[p, 2i] = sin(p / 10000^(2i/d)), PE[p, 2i+1] = cos(p / 10000^(2i/d)); (length, d)."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    pe = torch.zeros(length, d_model)
+    pe[:, 0::2] = torch.sin(position * frequency)
+    pe[:, 1::2] = torch.cos(position * frequency)[:, : d_model // 2]
+    return pe
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, d_model: int, n_heads: int) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.in_proj = nn.Linear(d_model, 3 * d_model)  # rows: Q, K, V
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (N, W, D) -> (N, W, D); position i attends to positions <= i."""
+        n, w, d = x.shape
+        q, k, v = self.in_proj(x).view(n, w, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out_proj(out.transpose(1, 2).reshape(n, w, d))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, d_model: int, n_heads: int, d_ff: int) -> None:
+        super().__init__()
+        self.self_attn = CausalSelfAttention(d_model, n_heads)
+        self.linear1 = nn.Linear(d_model, d_ff)
+        self.linear2 = nn.Linear(d_ff, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.self_attn(x)
+        return x + self.linear2(F.relu(self.linear1(x)))
+
+
+class CausalTransformer(nn.Module):
+    """Adds sinusoidal positions to embedded inputs (N, W, D) and runs L no-LN layers."""
+
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, n_layers: int, max_len: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(EncoderLayer(d_model, n_heads, d_ff) for _ in range(n_layers))
+        self.register_buffer("positions", sinusoidal_positions(max_len, d_model), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.positions[: x.shape[1]]
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def tfixup_scales(n_layers: int) -> tuple[float, float]:
+    """(layer scale 0.67 L^-1/4, embedding scale (9L)^-1/4) of T-Fixup (Huang et al. 2020)."""
+    return 0.67 * n_layers**-0.25, (9 * n_layers) ** -0.25
+
+
+@torch.no_grad()
+def initialize(
+    embedding: nn.Linear,
+    transformer: CausalTransformer,
+    variant: Literal["code", "paper", "off"],
+    generator: torch.Generator,
+) -> None:
+    """Xavier-uniform init of every matrix, then T-Fixup.
+
+    Q, K and V are each initialised as their own d x d xavier matrix (the original code's sqrt(2)
+    correction of one 3d x d matrix gives the same bound). Attention and output biases are 0; FFN
+    biases keep torch's U(+-1/sqrt(fan_in)). With T-Fixup the embedding is N(0, d^-1/2) (9L)^-1/4
+    and each layer's scaled matrices are multiplied by 0.67 L^-1/4: 'code' scales Q, K, V,
+    out-proj, W1, W2 (the original code); 'paper' leaves Q and K unscaled.
+    """
+    d_model = embedding.out_features
+    layer_scale, embed_scale = tfixup_scales(len(transformer.layers))
+    if variant == "off":
+        nn.init.xavier_uniform_(embedding.weight, generator=generator)
+    else:
+        embedding.weight.normal_(0.0, d_model**-0.5, generator=generator).mul_(embed_scale)
+    for layer in transformer.layers:
+        attn = layer.self_attn
+        for block in attn.in_proj.weight.split(d_model):
+            nn.init.xavier_uniform_(block, generator=generator)
+        nn.init.xavier_uniform_(attn.out_proj.weight, generator=generator)
+        attn.in_proj.bias.zero_()
+        attn.out_proj.bias.zero_()
+        for linear in (layer.linear1, layer.linear2):
+            nn.init.xavier_uniform_(linear.weight, generator=generator)
+            bound = linear.in_features**-0.5
+            linear.bias.uniform_(-bound, bound, generator=generator)
+        if variant == "off":
+            continue
+        q_k_v = attn.in_proj.weight if variant == "code" else attn.in_proj.weight[2 * d_model :]
+        for weight in (q_k_v, attn.out_proj.weight, layer.linear1.weight, layer.linear2.weight):
+            weight.mul_(layer_scale)

@@ -1,0 +1,91 @@
+"""Named configurations. Paper presets carry the values of the author's README commands
+(ORIGINAL-CODE.md section 8; TRMRL.md section 3); every field can be overridden."""
+
+from __future__ import annotations
+
+from trmrl.config import EvalConfig, ModelConfig, PPOConfig, TaskConfig, TrainConfig
+from trmrl.errors import ConfigError
+
+# Shared by the paper's MuJoCo runs: 4 layers of d_model 128, 16 heads, FFN 512, window 5,
+# cleared every episode; 20 tasks x 2 episodes x 200 steps per epoch; 10 PPO passes of
+# minibatch 256; AdamW with torch 1.7's default weight decay 0.01; no advantage
+# normalisation, no gradient clipping, entropy 0; Gaussian-NLL value loss on Monte-Carlo
+# returns over the whole trial (no bootstrap at its end).
+_MUJOCO_TASK = TaskConfig(episodes_per_trial=2, max_episode_steps=200, tasks_per_epoch=20)
+_MUJOCO_MODEL = ModelConfig(d_model=128, n_heads=16, d_ff=512, n_layers=4, window=5, memory_scope="episode",
+                            tfixup="code")
+_PAPER_PPO = PPOConfig(gae_lambda=0.8, ent_coef=0.0, update_epochs=10, minibatch_size=256, weight_decay=0.01,
+                       norm_adv=False, value_loss="nll", max_grad_norm=None, gae_across_episodes=True,
+                       bootstrap_truncation=False)
+_PAPER_EVAL = EvalConfig(every_epochs=5, n_tasks=30, episodes=2, final_n_tasks=20, final_episodes=6)
+
+
+def _replace(obj, **changes):  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+PRESETS: dict[str, tuple[str, TrainConfig]] = {
+    "point-nav": (
+        "2-D point, goal hidden on a half circle; meta-learns in a few CPU minutes (default).",
+        TrainConfig(
+            preset="point-nav",
+            total_env_steps=400_000,
+            task=TaskConfig(name="point-nav", episodes_per_trial=2, max_episode_steps=20, tasks_per_epoch=32),
+            model=ModelConfig(d_model=32, n_heads=4, d_ff=128, n_layers=2, window=5, memory_scope="trial",
+                              init_std=0.5, share_network=True),
+            ppo=PPOConfig(gamma=0.95, gae_lambda=0.95, clip_coef=0.2, update_epochs=4, minibatch_size=256,
+                          policy_lr=1e-3, value_lr=1e-3, norm_adv=True, value_loss="mse",
+                          gae_across_episodes=True, bootstrap_truncation=True),
+            eval=EvalConfig(every_epochs=10, n_tasks=30, episodes=2, final_n_tasks=50, final_episodes=4),
+        ),
+    ),
+    "cheetah-vel": (
+        "HalfCheetahVel, target velocity U[0, 3] (paper Fig. 4; README command of the original code).",
+        TrainConfig(
+            preset="cheetah-vel",
+            total_env_steps=20_000_000,  # 2500 epochs
+            task=_replace(_MUJOCO_TASK, name="cheetah-vel"),
+            model=_replace(_MUJOCO_MODEL, init_std=0.2, output_weights_scale=1.0, share_network=False),
+            ppo=_replace(_PAPER_PPO, gamma=0.9, clip_coef=0.1, policy_lr=3e-5, value_lr=2.5e-4,
+                         policy_lr_decay=True, value_lr_decay=False,
+                         decay_epoch_start=100, decay_epoch_end=750, min_lr_factor=0.1),
+            eval=_PAPER_EVAL,
+        ),
+    ),
+    "cheetah-dir": (
+        "HalfCheetahDir, direction +-1 (original code's README command).",
+        TrainConfig(
+            preset="cheetah-dir",
+            total_env_steps=40_000_000,  # 5000 epochs
+            task=_replace(_MUJOCO_TASK, name="cheetah-dir"),
+            model=_replace(_MUJOCO_MODEL, init_std=0.5, output_weights_scale=1.0, share_network=True),
+            ppo=_replace(_PAPER_PPO, gamma=0.9, clip_coef=0.2, policy_lr=3e-5, value_lr=3e-5,
+                         policy_lr_decay=True, value_lr_decay=True,
+                         decay_epoch_start=100, decay_epoch_end=3700, min_lr_factor=1e-4),
+            eval=_PAPER_EVAL,
+        ),
+    ),
+    "ant-dir": (
+        "AntDir, direction +-1 rad (paper Fig. 4; original code's README command).",
+        TrainConfig(
+            preset="ant-dir",
+            total_env_steps=40_000_000,  # 5000 epochs
+            task=_replace(_MUJOCO_TASK, name="ant-dir"),
+            model=_replace(_MUJOCO_MODEL, init_std=0.5, output_weights_scale=0.01, share_network=True),
+            ppo=_replace(_PAPER_PPO, gamma=0.92, clip_coef=0.2, policy_lr=3e-5, value_lr=3e-5,
+                         policy_lr_decay=True, value_lr_decay=True,
+                         decay_epoch_start=500, decay_epoch_end=3500, min_lr_factor=1e-4),
+            eval=_PAPER_EVAL,
+        ),
+    ),
+}
+
+DEFAULT_PRESET = "point-nav"
+
+
+def get_preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'; choose from {', '.join(PRESETS)}")
+    return PRESETS[name][1]

@@ -1,0 +1,181 @@
+"""Vectorised trial collection: B tasks stepped together, the policy batched over B each step.
+
+The interface is deliberately small - policy (weights) and tasks in, `Rollout` out - so the
+same call can later run on remote workers without touching the algorithm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from trmrl.config import MemoryScope
+from trmrl.errors import DivergenceError
+from trmrl.memory import Window
+from trmrl.tasks.base import Task, TaskDistribution
+from trmrl.trial import TrialEnv
+
+
+class Policy(Protocol):
+    """What the sampler needs of an agent. windows (B, W, O), lengths (B,)."""
+
+    def act(
+        self, windows: Tensor, lengths: Tensor, generator: torch.Generator | None, deterministic: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """-> actions (B, A), log-probs (B,), values (B,)."""
+        ...
+
+    def value(self, windows: Tensor, lengths: Tensor) -> Tensor:
+        """-> values (B,)."""
+        ...
+
+
+@dataclass
+class Rollout:
+    """T steps of B trials (one task each). Every tensor is (T, B, ...).
+
+    Step t's input obs[t] was pushed into the window after clearing it where the memory scope
+    says (`clears`); the flags say what happened *after* step t's action.
+    """
+
+    obs: Tensor  # (T, B, O) augmented observations [s_t, a_{t-1}, r_{t-1}, d_{t-1}]
+    actions: Tensor  # (T, B, A) actions sent to the envs
+    log_probs: Tensor  # (T, B) log pi(a_t | window_t) at sampling time
+    values: Tensor  # (T, B) V at sampling time
+    rewards: Tensor  # (T, B)
+    episode_start: Tensor  # (T, B) bool: step t is the first of an episode
+    trial_start: Tensor  # (T, B) bool: step t is the first of a trial
+    episode_end: Tensor  # (T, B) bool: the episode ended after step t (termination or time limit)
+    terminated: Tensor  # (T, B) bool: ... by a true termination
+    trial_end: Tensor  # (T, B) bool: the trial ended after step t
+    bootstrap_values: Tensor  # (T, B) V(final observation) where an episode hit its time limit
+    # after step t, and V(next observation) at t = T-1 where the trial goes on; 0 elsewhere
+
+    def clears(self, scope: MemoryScope) -> Tensor:
+        """(T, B) bool: where the window is cleared before step t's input, under `scope`."""
+        return self.episode_start if scope == "episode" else self.trial_start
+
+    @property
+    def num_steps(self) -> int:
+        return self.rewards.numel()
+
+    def to_dict(self) -> dict[str, Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class TrialSampler:
+    """B trial envs of one task distribution, stepped in lockstep."""
+
+    def __init__(
+        self,
+        distribution: TaskDistribution,
+        n_envs: int,
+        episodes_per_trial: int,
+        max_episode_steps: int,
+        window: int,
+        memory_scope: MemoryScope,
+    ) -> None:
+        self.envs = [
+            TrialEnv(distribution.make_env(), episodes_per_trial, max_episode_steps, memory_scope == "trial")
+            for _ in range(n_envs)
+        ]
+        self.window = window
+        self.memory_scope: MemoryScope = memory_scope
+        self.steps_per_trial = episodes_per_trial * max_episode_steps
+        self.obs_dim = self.envs[0].observation_space.shape[0]
+        self.act_dim = self.envs[0].action_space.shape[0]
+
+    def collect(
+        self,
+        policy: Policy,
+        tasks: Sequence[Task],
+        env_seeds: Sequence[int],
+        generator: torch.Generator | None,
+        deterministic: bool = False,
+        steps: int | None = None,
+    ) -> Rollout:
+        """One trial per task (a new trial on the same task starts if one ends early), for
+        `steps` steps (default: E * H)."""
+        n = len(tasks)
+        if n > len(self.envs):
+            raise ValueError(f"{n} tasks but only {len(self.envs)} envs")
+        envs = self.envs[:n]
+        steps = self.steps_per_trial if steps is None else steps
+
+        obs = torch.zeros(steps, n, self.obs_dim)
+        actions = torch.zeros(steps, n, self.act_dim)
+        log_probs, values, rewards, bootstrap = (torch.zeros(steps, n) for _ in range(4))
+        flags = {k: torch.zeros(steps, n, dtype=torch.bool) for k in
+                 ("episode_start", "trial_start", "episode_end", "terminated", "trial_end")}
+
+        current = np.stack([env.reset(seed=s, options={"task": task})[0]
+                            for env, s, task in zip(envs, env_seeds, tasks)])
+        episode_start = torch.ones(n, dtype=torch.bool)
+        trial_start = torch.ones(n, dtype=torch.bool)
+        memory = Window(n, self.window, self.obs_dim)
+        step_rewards = np.zeros(n)
+        final = np.zeros_like(current)
+        episode_end = np.zeros(n, dtype=bool)
+        terminated = np.zeros(n, dtype=bool)
+        trial_end = np.zeros(n, dtype=bool)
+        for t in range(steps):
+            x = torch.from_numpy(current)
+            memory.clear(episode_start if self.memory_scope == "episode" else trial_start)
+            memory.push(x)
+            action, log_prob, value = policy.act(memory.buffer, memory.length, generator, deterministic)
+            if not torch.isfinite(action).all():
+                raise DivergenceError("the policy produced a non-finite action")
+            obs[t], actions[t], log_probs[t], values[t] = x, action, log_prob, value
+            flags["episode_start"][t], flags["trial_start"][t] = episode_start, trial_start
+
+            action_np = action.double().numpy()
+            for b, env in enumerate(envs):
+                nxt, step_rewards[b], term, trunc, info = env.step(action_np[b])
+                episode_end[b], terminated[b] = info["episode_end"], info["episode_terminated"]
+                trial_end[b] = term or trunc
+                final[b] = info.get("final_observation", nxt)
+                current[b] = env.reset(options={"task": tasks[b]})[0] if trial_end[b] else nxt
+            rewards[t] = torch.from_numpy(step_rewards)
+            flags["episode_end"][t] = torch.from_numpy(episode_end)
+            flags["terminated"][t] = torch.from_numpy(terminated)
+            flags["trial_end"][t] = torch.from_numpy(trial_end)
+
+            # Time limits are truncations: keep V(final observation) to bootstrap from.
+            truncated = flags["episode_end"][t] & ~flags["terminated"][t]
+            if truncated.any():
+                with torch.no_grad():
+                    v_final = policy.value(*memory.peek(torch.from_numpy(final)))
+                bootstrap[t] = torch.where(truncated, v_final, 0.0)
+            episode_start = flags["episode_end"][t].clone()
+            trial_start = flags["trial_end"][t].clone()
+
+        # A trial still running when the rollout stops mid-episode is cut off there: bootstrap
+        # from V(next observation). (An episode that ended exactly at the cut keeps its own.)
+        running = ~flags["trial_end"][-1] & ~flags["episode_end"][-1]
+        if running.any():
+            memory.clear(episode_start if self.memory_scope == "episode" else trial_start)
+            with torch.no_grad():
+                v_next = policy.value(*memory.peek(torch.from_numpy(current)))
+            bootstrap[-1] = torch.where(running, v_next, bootstrap[-1])
+        return Rollout(obs, actions, log_probs, values, rewards, bootstrap_values=bootstrap, **flags)
+
+
+def episode_returns(rollout: Rollout, n_episodes: int) -> np.ndarray:
+    """Return of each episode of each task's first trial, by episode index: (B, n_episodes).
+
+    Episodes the rollout did not reach are NaN.
+    """
+    in_first_trial = (rollout.trial_start.long().cumsum(0) == 1).numpy()
+    episode = rollout.episode_start.long().cumsum(0).numpy() - 1
+    keep = in_first_trial & (episode < n_episodes)
+    out = np.zeros((rollout.rewards.shape[1], n_episodes))
+    reached = np.zeros_like(out, dtype=bool)
+    b = np.broadcast_to(np.arange(out.shape[0]), episode.shape)
+    np.add.at(out, (b[keep], episode[keep]), rollout.rewards.numpy()[keep])
+    reached[b[keep], episode[keep]] = True
+    return np.where(reached, out, np.nan)

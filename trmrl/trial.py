@@ -1,0 +1,95 @@
+"""One env = one trial of E episodes on one task, with the RL^2 inputs.
+
+The observation at step t is the augmented observation [s_t, a_{t-1}, r_{t-1}, d_{t-1}]:
+`d_{t-1}` = 1 on the first step of every episode after the first one of the trial (the real
+episode-boundary flag; the original code fed a constant 0). At a trial start a, r, d are zeros.
+At a later episode start a and r are those of the previous episode's last step when
+`carry_across_episodes` is set (trial memory scope), and zeros otherwise (episode scope: the
+original code, where nothing of a previous episode reaches the policy).
+
+The gymnasium episode of this env is the whole trial: it terminates when the last episode
+truly terminates and is truncated when the last episode hits the time limit. Inner episode ends
+are reported in `info` (`episode_end`, `episode_terminated`, `final_observation`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from trmrl.tasks.base import Task, TaskEnv
+
+
+def augmented_dim(obs_dim: int, act_dim: int) -> int:
+    """O = obs_dim + act_dim + 2 (reward and boundary flag)."""
+    return obs_dim + act_dim + 2
+
+
+class TrialEnv(gym.Env[np.ndarray, np.ndarray]):
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        env: TaskEnv,
+        episodes_per_trial: int,
+        max_episode_steps: int,
+        carry_across_episodes: bool = False,
+        task: Task | None = None,
+    ) -> None:
+        self.env = env
+        self.episodes_per_trial = episodes_per_trial
+        self.max_episode_steps = max_episode_steps
+        self.carry_across_episodes = carry_across_episodes
+        self.task = task
+        self.obs_dim = env.observation_space.shape[0]
+        self.act_dim = env.action_space.shape[0]
+        self.action_space = env.action_space
+        dim = augmented_dim(self.obs_dim, self.act_dim)
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(dim,), dtype=np.float32)
+        self._episode = 0
+        self._step_in_episode = 0
+
+    def _augment(self, obs: np.ndarray, action: np.ndarray | None, reward: float, flag: float) -> np.ndarray:
+        out = np.zeros(self.observation_space.shape, dtype=np.float32)
+        out[: self.obs_dim] = obs
+        if action is not None:
+            out[self.obs_dim : self.obs_dim + self.act_dim] = action
+            out[-2] = reward
+        out[-1] = flag
+        return out
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start a trial; `options={"task": task}` switches the task first."""
+        super().reset(seed=seed)
+        if options and "task" in options:
+            self.task = options["task"]
+        if self.task is None:
+            raise ValueError("TrialEnv needs a task: pass options={'task': task} to reset")
+        self.env.set_task(self.task)
+        obs, _ = self.env.reset(seed=seed)
+        self._episode = 0
+        self._step_in_episode = 0
+        return self._augment(obs, None, 0.0, 0.0), {"episode": 0}
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._step_in_episode += 1
+        truncated = truncated or self._step_in_episode >= self.max_episode_steps
+        info = dict(info, episode=self._episode, episode_end=terminated or truncated,
+                    episode_terminated=terminated)
+        last = self._augment(obs, action, reward, 0.0)
+        if not info["episode_end"]:
+            return last, float(reward), False, False, info
+        self._episode += 1
+        if self._episode == self.episodes_per_trial:
+            return last, float(reward), terminated, not terminated, info
+        # The trial goes on: the next observation starts a new episode on the same task.
+        info["final_observation"] = last
+        obs, _ = self.env.reset()
+        self._step_in_episode = 0
+        carried = action if self.carry_across_episodes else None
+        return self._augment(obs, carried, reward, 1.0), float(reward), False, False, info
