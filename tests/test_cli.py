@@ -1,0 +1,55 @@
+"""The command line: one error line and exit 2 for bad input; train and resume end to end."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def trmrl(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "trmrl.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def assert_one_error_line(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trmrl: error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["train", "cheetah-speed"], ["unknown preset 'cheetah-speed'", "point-nav"]),
+        (["train", "point-nav", "--model.d-modle", "64"], ["Unrecognized options"]),
+        (["train", "point-nav", "--model.n-heads", "5"], ["divisible by model.n_heads"]),
+        (["train", "point-nav", "--model.window", "0"], ["model.window must be >= 1"]),
+        (["train", "point-nav", "--ppo.decay-epoch-start", "9", "--ppo.decay-epoch-end", "3"], ["decay_epoch_start"]),
+        (["evaluate"], ["unknown command"]),
+    ],
+)
+def test_bad_input_gives_one_clear_line(args, fragments):
+    assert_one_error_line(trmrl(*args), *fragments)
+
+
+def test_train_then_resume_end_to_end(tmp_path):
+    run = tmp_path / "run"
+    small = ["--total-env-steps", "640", "--task.tasks-per-epoch", "8", "--eval.n-tasks", "4",
+             "--eval.final-n-tasks", "4", "--model.d-model", "16", "--run-dir", str(run), "--no-progress"]
+    result = trmrl("train", "point-nav", *small)
+    assert result.returncode == 0, result.stderr
+    assert "random policy" in result.stdout and f"run directory: {run}" in result.stdout
+    assert len(json.loads((run / "meta_test.json").read_text())["return_per_episode"]) == 4
+    assert_one_error_line(trmrl("train", "point-nav", *small), "already holds a run", "--resume")
+
+    result = trmrl("train", "--resume", str(run), "--total-env-steps", "1280", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+
+    (run / "checkpoint.pt").write_bytes(b"\x00garbage")
+    assert_one_error_line(trmrl("train", "--resume", str(run), "--total-env-steps", "2000"), "corrupt checkpoint")
+    assert_one_error_line(trmrl("train", "--resume", str(tmp_path / "nowhere")), "not a run directory")

@@ -1,0 +1,154 @@
+"""Window semantics, causality, memory scopes, T-Fixup scales, and the batched update path
+against step-by-step acting."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trmrl.config import ModelConfig, PPOConfig
+from trmrl.memory import Window, gather_windows
+from trmrl.nets.policy import ActorCritic
+from trmrl.nets.transformer import CausalTransformer, sinusoidal_positions
+from trmrl.ppo import make_batch
+from trmrl.sampler import TrialSampler
+from trmrl.tasks import make_task_distribution
+
+SMALL = ModelConfig(d_model=16, n_heads=4, d_ff=32, n_layers=2, window=3)
+
+
+def model(config=SMALL, obs_dim=4, act_dim=2, seed=0):
+    return ActorCritic(obs_dim, act_dim, config, torch.Generator().manual_seed(seed))
+
+
+def test_window_fills_left_aligned_then_slides():
+    w = Window(batch=1, window=3, dim=1, pad_value=-1.0)
+    seen = []
+    for x in (1.0, 2.0, 3.0, 4.0):
+        w.push(torch.tensor([[x]]))
+        seen.append((w.buffer[0, :, 0].tolist(), int(w.length[0])))
+    assert seen == [([1, -1, -1], 1), ([1, 2, -1], 2), ([1, 2, 3], 3), ([2, 3, 4], 3)]
+    w.clear(torch.tensor([True]))
+    w.push(torch.tensor([[5.0]]))
+    assert w.buffer[0, :, 0].tolist() == [5, -1, -1] and int(w.length[0]) == 1
+
+
+def test_gather_windows_equals_step_by_step_window():
+    gen = torch.Generator().manual_seed(0)
+    T, B, O, W = 17, 4, 3, 5
+    inputs = torch.randn(T, B, O, generator=gen)
+    clears = torch.rand(T, B, generator=gen) < 0.2
+    clears[0] = True
+    windows, lengths = gather_windows(inputs, clears, W, pad_value=7.0)
+    live = Window(B, W, O, pad_value=7.0)
+    for t in range(T):
+        live.clear(clears[t])
+        live.push(inputs[t])
+        assert torch.equal(live.buffer, windows[t]) and torch.equal(live.length, lengths[t])
+
+
+def test_causality_later_positions_do_not_change_earlier_outputs():
+    net = CausalTransformer(16, 4, 32, 2, max_len=6)
+    x = torch.randn(2, 6, 16)
+    y = x.clone()
+    y[:, 4:] += 100.0
+    assert torch.allclose(net(x)[:, :4], net(y)[:, :4], atol=1e-5)
+    assert not torch.allclose(net(x)[:, 4:], net(y)[:, 4:])
+
+
+def test_padding_never_reaches_the_latest_memory():
+    m = model()
+    windows = torch.randn(5, 3, 4)
+    lengths = torch.tensor([1, 2, 3, 1, 2])
+    garbage = windows.clone()
+    for i, n in enumerate(lengths):
+        garbage[i, n:] = 1e3
+    assert torch.allclose(m.latest_memory(windows, lengths), m.latest_memory(garbage, lengths), atol=1e-5)
+
+
+@pytest.mark.parametrize("scope", ["episode", "trial"])
+def test_memory_scope_and_window_limit(scope):
+    """Inputs: one trial, episode 1 = steps 0..5, episode 2 = steps 6..9 (W = 3).
+    A change at step 2 must not affect step 6 (beyond W) ... and a change at step 5 (the last
+    of episode 1) affects step 6 only when the window spans episodes (trial scope)."""
+    m = model()
+    T = 10
+    inputs = torch.randn(T, 1, 4, generator=torch.Generator().manual_seed(1))
+    episode_start = torch.zeros(T, 1, dtype=torch.bool)
+    episode_start[[0, 6]] = True
+    trial_start = torch.zeros(T, 1, dtype=torch.bool)
+    trial_start[0] = True
+    clears = episode_start if scope == "episode" else trial_start
+
+    def action_mean(x):
+        w, n = gather_windows(x, clears, window=3)
+        return m(w[:, 0], n[:, 0]).mean
+
+    base = action_mean(inputs)
+    beyond_w = inputs.clone()
+    beyond_w[2] += 5.0
+    assert torch.allclose(action_mean(beyond_w)[5:], base[5:])  # step 2 left every window by step 5
+    previous_episode = inputs.clone()
+    previous_episode[5] += 5.0
+    changed = not torch.allclose(action_mean(previous_episode)[6], base[6])
+    assert changed == (scope == "trial")
+
+
+def test_sinusoidal_positions_by_hand():
+    pe = sinusoidal_positions(3, 4)
+    assert pe[0].tolist() == [0.0, 1.0, 0.0, 1.0]
+    assert pe[2, 0].item() == pytest.approx(math.sin(2.0))
+    assert pe[2, 3].item() == pytest.approx(math.cos(2.0 / 100.0))
+
+
+def paper_model(tfixup: str) -> ActorCritic:
+    config = ModelConfig(d_model=128, n_heads=16, d_ff=512, n_layers=4, window=5, tfixup=tfixup,
+                         init_std=0.2, share_network=False)
+    return model(config, obs_dim=28, act_dim=6)
+
+
+def test_tfixup_scales_match_the_worked_values():
+    m = paper_model("code")
+    scale = 0.67 * 4**-0.25
+    assert scale == pytest.approx(0.4738, abs=1e-4)
+    assert m.embedding.weight.std().item() == pytest.approx(128**-0.5 * 36**-0.25, rel=0.05)  # 0.0361
+    layer = m.transformer.layers[0]
+    qkv_bound = math.sqrt(6 / 256) * scale  # 0.0725
+    ffn_bound = math.sqrt(6 / 640) * scale  # 0.0459
+    assert qkv_bound == pytest.approx(0.0725, abs=1e-4) and ffn_bound == pytest.approx(0.0459, abs=1e-4)
+    for block in layer.self_attn.in_proj.weight.split(128):
+        assert block.abs().max().item() == pytest.approx(qkv_bound, rel=0.02)
+    assert layer.self_attn.out_proj.weight.abs().max().item() == pytest.approx(qkv_bound, rel=0.02)
+    for w in (layer.linear1.weight, layer.linear2.weight):
+        assert w.abs().max().item() == pytest.approx(ffn_bound, rel=0.02)
+
+
+def test_tfixup_paper_variant_leaves_q_and_k_unscaled():
+    layer = paper_model("paper").transformer.layers[0]
+    q, k, v = layer.self_attn.in_proj.weight.split(128)
+    xavier = math.sqrt(6 / 256)
+    assert q.abs().max().item() == pytest.approx(xavier, rel=0.02)
+    assert k.abs().max().item() == pytest.approx(xavier, rel=0.02)
+    assert v.abs().max().item() == pytest.approx(xavier * 0.67 * 4**-0.25, rel=0.02)
+
+
+def test_parameter_count_matches_the_original_cheetah_vel_policy():
+    # embedding 3,584 + 4 layers x 197,760 + head 12,806 + log-std 6 (ORIGINAL-CODE.md section 8)
+    m = paper_model("code")
+    assert sum(p.numel() for p in m.policy_parameters()) == 3584 + 4 * 197760 + 12806 + 6
+
+
+@pytest.mark.parametrize("scope,share", [("episode", False), ("trial", True)])
+def test_batched_update_path_equals_step_by_step_acting(scope, share):
+    config = ModelConfig(d_model=16, n_heads=4, d_ff=32, n_layers=2, window=3, memory_scope=scope,
+                         share_network=share)
+    sampler = TrialSampler(make_task_distribution("point-nav"), 4, 3, 4, window=3, memory_scope=scope)
+    m = model(config, obs_dim=sampler.obs_dim, act_dim=sampler.act_dim)
+    tasks = make_task_distribution("point-nav").sample(np.random.default_rng(0), 4)
+    rollout = sampler.collect(m, tasks, [1, 2, 3, 4], torch.Generator().manual_seed(0))
+    batch = make_batch(rollout, PPOConfig(), window=3, memory_scope=scope)
+    with torch.no_grad():
+        out = m(batch.windows, batch.lengths)
+        assert torch.allclose(out.log_prob(batch.actions), rollout.log_probs.reshape(-1), atol=1e-5)
+        assert torch.allclose(out.value, rollout.values.reshape(-1), atol=1e-5)

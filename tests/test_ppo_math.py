@@ -1,0 +1,85 @@
+"""GAE, returns, losses and the LR schedule against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from trmrl.ppo import bootstrap_targets, clipped_surrogate, discounted_returns, gae, lr_factor, value_loss
+from trmrl.sampler import Rollout
+
+
+def column(*xs):
+    return torch.tensor(xs, dtype=torch.float32)[:, None]
+
+
+def test_gae_by_hand_with_cut():
+    # T = 3, one cut after t = 1 (bootstrapping from 5.0 there), gamma 0.5, lambda 0.5
+    r, v, nv = column(1, 2, 3), column(1, 1, 2), column(1, 5, 4)
+    cut = torch.tensor([[False], [True], [True]])
+    adv = gae(r, v, nv, cut, gamma=0.5, lam=0.5)
+    d2 = 3 + 0.5 * 4 - 2  # 3
+    d1 = 2 + 0.5 * 5 - 1  # 3.5, recursion cut after t=1
+    d0 = 1 + 0.5 * 1 - 1  # 0.5
+    expected = column(d0 + 0.25 * d1, d1, d2)
+    assert torch.allclose(adv, expected)
+
+
+def test_returns_are_monte_carlo_within_a_segment():
+    r, v = column(1, 2, 3), column(9, 9, 9)
+    nv = column(9, 9, 0)  # v_{t+1} inside, 0 after the end
+    cut = torch.tensor([[False], [False], [True]])
+    ret = discounted_returns(r, v, nv, cut, gamma=0.9)
+    assert torch.allclose(ret, column(1 + 0.9 * 2 + 0.81 * 3, 2 + 0.9 * 3, 3))
+
+
+def _trial_rollout(terminated_at: int | None = None) -> Rollout:
+    """B = 1, a trial of 2 episodes of 2 steps: steps 0,1 | 2,3; bootstrap values 10 (t=1), 20 (t=3)."""
+    T = 4
+    z = torch.zeros(T, 1)
+    flags = lambda *ts: torch.tensor([[t in ts] for t in range(T)])  # noqa: E731
+    terminated = flags(terminated_at) if terminated_at is not None else flags()
+    return Rollout(
+        obs=torch.zeros(T, 1, 3), actions=torch.zeros(T, 1, 1), log_probs=z, values=column(1, 2, 3, 4), rewards=z,
+        episode_start=flags(0, 2), trial_start=flags(0), episode_end=flags(1, 3), terminated=terminated,
+        trial_end=flags(3), bootstrap_values=column(0, 10, 0, 20) * (~terminated),
+    )
+
+
+def test_bootstrap_targets_across_episodes_paper_style():
+    nv, cut = bootstrap_targets(_trial_rollout(), across_episodes=True, bootstrap_truncation=False)
+    assert nv[:, 0].tolist() == [2, 3, 4, 0]  # crosses the inner boundary; MC at the trial end
+    assert cut[:, 0].tolist() == [False, False, False, True]
+
+
+def test_bootstrap_targets_truncation_and_termination():
+    nv, cut = bootstrap_targets(_trial_rollout(), across_episodes=False, bootstrap_truncation=True)
+    assert nv[:, 0].tolist() == [2, 10, 4, 20]
+    assert cut[:, 0].tolist() == [False, True, False, True]
+    nv, _ = bootstrap_targets(_trial_rollout(terminated_at=1), across_episodes=False, bootstrap_truncation=True)
+    assert nv[:, 0].tolist() == [2, 0, 4, 20]  # a true termination bootstraps from 0
+
+
+def test_clipped_surrogate_by_hand():
+    old = torch.zeros(2)
+    new = torch.log(torch.tensor([1.5, 0.5]))
+    adv = torch.tensor([1.0, -1.0])
+    # ratio 1.5 clipped to 1.2 for A=+1 -> 1.2; ratio 0.5 vs clipped 0.8 for A=-1 -> min(-0.5, -0.8) = -0.8
+    assert clipped_surrogate(new, old, adv, 0.2).item() == pytest.approx(-(1.2 - 0.8) / 2)
+
+
+def test_value_losses_by_hand():
+    pred, ret = torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0])
+    assert value_loss(pred, ret, torch.tensor(0.0), "mse").item() == pytest.approx((1 + 4) / 4)
+    log_std = torch.tensor(math.log(2.0))
+    nll = ((0.5 * (1 / 2) ** 2 + math.log(2) + 0.5 * math.log(2 * math.pi)) +
+           (0.5 * (2 / 2) ** 2 + math.log(2) + 0.5 * math.log(2 * math.pi))) / 2
+    assert value_loss(pred, ret, log_std, "nll").item() == pytest.approx(nll, rel=1e-6)
+
+
+def test_lr_decay_schedule():
+    # cheetah-vel: epochs 100 -> 750, down to 0.1
+    assert lr_factor(99, 100, 750, 0.1) == 1.0
+    assert lr_factor(100, 100, 750, 0.1) == pytest.approx(0.1 ** (1 / 650))
+    assert lr_factor(749, 100, 750, 0.1) == pytest.approx(0.1)
+    assert lr_factor(5000, 100, 750, 0.1) == pytest.approx(0.1)

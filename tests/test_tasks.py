@@ -1,0 +1,96 @@
+"""Task distributions: seeding, documented ranges, rewards from the simulator state, env checks."""
+
+import warnings
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from trmrl.tasks import TASK_NAMES, make_task_distribution
+from trmrl.trial import TrialEnv
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_same_seed_same_tasks(name):
+    d = make_task_distribution(name)
+    a = d.sample(np.random.default_rng(7), 10)
+    b = d.sample(np.random.default_rng(7), 10)
+    c = d.sample(np.random.default_rng(8), 10)
+    assert a == b and a != c
+
+
+def test_documented_ranges():
+    rng = np.random.default_rng(0)
+    goals = np.array([t.params for t in make_task_distribution("point-nav").sample(rng, 500)])
+    assert np.allclose(np.linalg.norm(goals, axis=1), 1.0) and (goals[:, 1] >= 0).all()
+    v = [t.params[0] for t in make_task_distribution("cheetah-vel").sample(rng, 500)]
+    assert 0 <= min(v) and max(v) <= 3 and max(v) > 2.9
+    v = [t.params[0] for t in make_task_distribution("cheetah-vel-ood").sample(rng, 500)]
+    assert 3 <= min(v) and max(v) <= 4
+    for name in ("cheetah-dir", "ant-dir"):
+        values = [t.params[0] for t in make_task_distribution(name).sample(rng, 500)]
+        assert set(values) == {-1.0, 1.0} and abs(np.mean(values)) < 0.15
+
+
+@pytest.mark.parametrize("name,obs_dim,act_dim", [("point-nav", 2, 2), ("cheetah-vel", 20, 6), ("ant-dir", 27, 8)])
+def test_trial_env_passes_gymnasium_checks(name, obs_dim, act_dim):
+    d = make_task_distribution(name)
+    env = TrialEnv(d.make_env(), episodes_per_trial=2, max_episode_steps=10, task=d.sample(np.random.default_rng(0), 1)[0])
+    assert env.observation_space.shape == (obs_dim + act_dim + 2,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_env(env, skip_render_check=True)
+
+
+def _env(name, task_index=0):
+    d = make_task_distribution(name)
+    env = d.make_env()
+    task = d.sample(np.random.default_rng(1), 4)[task_index]
+    env.set_task(task)
+    env.reset(seed=0)
+    return env, task
+
+
+def test_cheetah_vel_reward_from_simulator_state():
+    env, task = _env("cheetah-vel")
+    action = np.linspace(-1.5, 1.5, 6)  # out of range on purpose: the cost uses the raw action
+    x0 = env.data.qpos[0]
+    obs, reward, terminated, truncated, _ = env.step(action)
+    velocity = (env.data.qpos[0] - x0) / 0.05
+    assert reward == pytest.approx(-abs(velocity - task.params[0]) - 0.05 * np.sum(action**2))
+    assert not terminated and not truncated
+    assert np.allclose(obs, np.concatenate([env.data.qpos[1:], env.data.qvel, env.data.body("torso").xpos]))
+    twin, _ = _env("cheetah-vel")
+    twin.step(np.clip(action, -1, 1))
+    assert np.allclose(twin.data.qpos, env.data.qpos)  # MuJoCo clamps the raw action to ctrlrange
+
+
+def test_cheetah_dir_reward_from_simulator_state():
+    env, task = _env("cheetah-dir")
+    x0 = env.data.qpos[0]
+    action = np.full(6, 0.5)
+    _, reward, *_ = env.step(action)
+    assert reward == pytest.approx(task.params[0] * (env.data.qpos[0] - x0) / 0.05 - 0.05 * 6 * 0.25)
+
+
+def test_ant_dir_reward_and_termination():
+    env, task = _env("ant-dir")
+    xy0 = env.data.body("torso").xpos[:2].copy()
+    action = np.full(8, 0.3)
+    obs, reward, terminated, _, _ = env.step(action)
+    velocity = (env.data.body("torso").xpos[:2] - xy0) / 0.05
+    theta = task.params[0]
+    expected = velocity @ [np.cos(theta), np.sin(theta)] - 0.5 * 8 * 0.09 + 1.0
+    assert reward == pytest.approx(expected) and not terminated
+    assert np.allclose(obs, np.concatenate([env.data.qpos[2:], env.data.qvel]))
+    qpos = env.data.qpos.copy()
+    qpos[2] = 1.5  # torso above 1.0: outside the healthy range
+    env.set_state(qpos, env.data.qvel)
+    assert env.step(np.zeros(8))[2]
+
+
+def test_point_nav_reward_is_minus_distance():
+    env, task = _env("point-nav")
+    obs, reward, *_ = env.step(np.array([2.0, -0.5]))  # clipped to [1, -0.5], step size 0.1
+    assert np.allclose(obs, [0.1, -0.05])
+    assert reward == pytest.approx(-np.linalg.norm(obs - np.array(task.params)))

@@ -1,0 +1,78 @@
+"""The training loop through its real pipeline: determinism, resume, divergence, run directory."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from trmrl import checkpoint
+from trmrl.errors import CheckpointError, DivergenceError
+from trmrl.log import read_metrics
+from trmrl.train import CHECKPOINT, train
+
+
+def without_timing(records):
+    return [{k: v for k, v in r.items() if not (k.startswith("time/") or k.endswith("sps") or "per_s" in k)}
+            for r in records]
+
+
+def test_run_directory_is_self_describing(tmp_path):
+    summary = train(tiny_config(), tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["window"] == 3
+    assert "torch" in json.loads((tmp_path / "versions.json").read_text())
+    records = read_metrics(tmp_path)
+    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    assert "meta_test/episode_1/return" in records[0] and "meta_test/episode_0/return" not in records[1]
+    assert list((tmp_path / "tb").iterdir())
+    assert checkpoint.load(tmp_path / CHECKPOINT)["epoch"] == 4
+    assert len(summary["return_per_episode"]) == 3
+    assert json.loads((tmp_path / "meta_test.json").read_text())["n_tasks"] == 4
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    train(tiny_config(), tmp_path / "a")
+    train(tiny_config(), tmp_path / "b")
+    train(tiny_config(seed=4), tmp_path / "c")
+    a, b, c = (without_timing(read_metrics(tmp_path / x)) for x in "abc")
+    assert a == b
+    assert a != c
+
+
+def test_resume_matches_an_uninterrupted_run(tmp_path):
+    full = train(tiny_config(), tmp_path / "full")
+    assert train(tiny_config(), tmp_path / "split", max_epochs=2) == {}
+    resumed = train(tiny_config(), tmp_path / "split", resume=True)
+    assert resumed == full
+    assert without_timing(read_metrics(tmp_path / "split")) == without_timing(read_metrics(tmp_path / "full"))
+    a = checkpoint.load(tmp_path / "full" / CHECKPOINT)["model"]
+    b = checkpoint.load(tmp_path / "split" / CHECKPOINT)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import trmrl.ppo as ppo
+
+    calls = {"n": 0}
+    real = ppo.clipped_surrogate
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] > 10 else loss  # 6 calls per epoch (2 passes x 3 minibatches): epoch 1 fails
+
+    monkeypatch.setattr(ppo, "clipped_surrogate", poisoned)
+    with pytest.raises(DivergenceError, match="non-finite policy loss.*last good checkpoint kept"):
+        train(tiny_config(), tmp_path)
+    state = checkpoint.load(tmp_path / CHECKPOINT)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_corrupt_and_missing_checkpoints_are_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        checkpoint.load(tmp_path / "missing.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        checkpoint.load(bad)

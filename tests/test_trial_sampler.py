@@ -1,0 +1,65 @@
+"""RL^2 inputs of a trial, the rollout's flags, and per-episode bookkeeping."""
+
+import numpy as np
+import pytest
+import torch
+
+from trmrl.evaluate import RandomPolicy
+from trmrl.sampler import TrialSampler, episode_returns
+from trmrl.tasks import Task, make_task_distribution
+from trmrl.tasks.toy import PointNavEnv
+from trmrl.trial import TrialEnv
+
+GOAL = Task("goal", (0.0, 1.0))
+
+
+@pytest.mark.parametrize("carry", [False, True])
+def test_augmented_observations_across_an_episode_boundary(carry):
+    env = TrialEnv(PointNavEnv(), episodes_per_trial=2, max_episode_steps=2, carry_across_episodes=carry)
+    obs, _ = env.reset(seed=0, options={"task": GOAL})
+    assert obs.tolist() == [0, 0, 0, 0, 0, 0]  # [s, a, r, d]: zeros before the first action
+    obs, r1, term, trunc, info = env.step(np.array([0.0, 1.0]))
+    assert np.allclose(obs, [0, 0.1, 0, 1, -0.9, 0]) and not info["episode_end"]
+    obs, r2, term, trunc, info = env.step(np.array([1.0, 0.0]))
+    assert info["episode_end"] and not info["episode_terminated"] and not (term or trunc)
+    assert np.allclose(info["final_observation"][:2], [0.1, 0.1])
+    carried = [1, 0, r2] if carry else [0, 0, 0]
+    assert np.allclose(obs, [0, 0, *carried, 1])  # back at the start, boundary flag 1
+    env.step(np.zeros(2))
+    *_, term, trunc, _ = env.step(np.zeros(2))
+    assert trunc and not term  # the trial ends with the time limit of its last episode
+
+
+class ConstantPolicy:
+    """Always moves up: returns on point-nav are computable by hand."""
+
+    def act(self, windows, lengths, generator, deterministic=False):
+        n = len(windows)
+        return torch.tensor([[0.0, 1.0]]).repeat(n, 1), torch.zeros(n), torch.zeros(n)
+
+    def value(self, windows, lengths):
+        return torch.full((len(windows),), 0.5)
+
+
+def test_rollout_flags_and_episode_returns_with_a_scripted_policy():
+    dist = make_task_distribution("point-nav")
+    sampler = TrialSampler(dist, n_envs=2, episodes_per_trial=3, max_episode_steps=4, window=2, memory_scope="episode")
+    tasks = [GOAL, Task("goal", (1.0, 0.0))]
+    rollout = sampler.collect(ConstantPolicy(), tasks, [0, 1], None)
+    assert rollout.rewards.shape == (12, 2) and rollout.obs.shape == (12, 2, 6)
+    assert rollout.episode_start[:, 0].nonzero().flatten().tolist() == [0, 4, 8]
+    assert rollout.episode_end[:, 0].nonzero().flatten().tolist() == [3, 7, 11]
+    assert rollout.trial_end[:, 0].nonzero().flatten().tolist() == [11]
+    assert rollout.bootstrap_values[[3, 7, 11], 0].tolist() == [0.5] * 3  # V(final obs) at time limits
+    ys = 0.1 * np.arange(1, 5)
+    up = -np.sum(np.abs(1.0 - ys))
+    right = -np.sum(np.hypot(1.0, ys))
+    returns = episode_returns(rollout, 3)
+    assert np.allclose(returns, [[up] * 3, [right] * 3])
+    assert np.isnan(episode_returns(rollout, 4)[:, 3]).all()
+
+
+def test_random_policy_stays_in_the_action_box():
+    policy = RandomPolicy(np.array([-1.0, -2.0]), np.array([1.0, 0.0]))
+    a, _, _ = policy.act(torch.zeros(500, 1, 3), torch.ones(500, dtype=torch.long), torch.Generator().manual_seed(0))
+    assert (a[:, 0] >= -1).all() and (a[:, 0] <= 1).all() and (a[:, 1] >= -2).all() and (a[:, 1] <= 0).all()
