@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import tyro
+
 from trmrl.errors import ConfigError
 
 TaskName = Literal["point-nav", "cheetah-vel", "cheetah-vel-ood", "cheetah-dir", "ant-dir"]
@@ -182,7 +184,7 @@ class EvalConfig:
 class TrainConfig:
     """One meta-training run."""
 
-    preset: str = "point-nav"
+    preset: tyro.conf.Suppress[str] = "point-nav"
     """Name of the preset this config started from (recorded in the run directory)."""
     seed: int = 1
     """Root of every random stream (tasks, env resets, actions, minibatches, init)."""

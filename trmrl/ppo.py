@@ -56,7 +56,8 @@ def bootstrap_targets(rollout: Rollout, across_episodes: bool, bootstrap_truncat
     cut[-1] = True
     if not across_episodes:
         cut |= rollout.episode_end
-    at_cut = torch.where(rollout.terminated | (not bootstrap_truncation), 0.0, rollout.bootstrap_values)
+    at_time_limit = rollout.bootstrap_values if bootstrap_truncation else torch.zeros_like(values)
+    at_cut = torch.where(rollout.terminated, 0.0, at_time_limit)
     return torch.where(cut, at_cut, v_next), cut
 
 

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-from trmrl.config import EvalConfig, ModelConfig, PPOConfig, TaskConfig, TrainConfig
+import dataclasses
+from typing import Any
+
+from trmrl.config import EvalConfig, ModelConfig, PPOConfig, TaskConfig, TaskName, TrainConfig
 from trmrl.errors import ConfigError
 
 # Shared by the paper's MuJoCo runs: 4 layers of d_model 128, 16 heads, FFN 512, window 5,
@@ -20,10 +23,18 @@ _PAPER_PPO = PPOConfig(gae_lambda=0.8, ent_coef=0.0, update_epochs=10, minibatch
 _PAPER_EVAL = EvalConfig(every_epochs=5, n_tasks=30, episodes=2, final_n_tasks=20, final_episodes=6)
 
 
-def _replace(obj, **changes):  # type: ignore[no-untyped-def]
-    import dataclasses
 
-    return dataclasses.replace(obj, **changes)
+
+def _paper_mujoco(task: TaskName, total_env_steps: int, model: dict[str, Any], ppo: dict[str, Any]) -> TrainConfig:
+    """A MuJoCo preset: the shared values above with the per-task ones of the README command."""
+    return TrainConfig(
+        preset=task,
+        total_env_steps=total_env_steps,
+        task=dataclasses.replace(_MUJOCO_TASK, name=task),
+        model=dataclasses.replace(_MUJOCO_MODEL, **model),
+        ppo=dataclasses.replace(_PAPER_PPO, **ppo),
+        eval=_PAPER_EVAL,
+    )
 
 
 PRESETS: dict[str, tuple[str, TrainConfig]] = {
@@ -43,41 +54,29 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
     ),
     "cheetah-vel": (
         "HalfCheetahVel, target velocity U[0, 3] (paper Fig. 4; README command of the original code).",
-        TrainConfig(
-            preset="cheetah-vel",
-            total_env_steps=20_000_000,  # 2500 epochs
-            task=_replace(_MUJOCO_TASK, name="cheetah-vel"),
-            model=_replace(_MUJOCO_MODEL, init_std=0.2, output_weights_scale=1.0, share_network=False),
-            ppo=_replace(_PAPER_PPO, gamma=0.9, clip_coef=0.1, policy_lr=3e-5, value_lr=2.5e-4,
-                         policy_lr_decay=True, value_lr_decay=False,
-                         decay_epoch_start=100, decay_epoch_end=750, min_lr_factor=0.1),
-            eval=_PAPER_EVAL,
+        _paper_mujoco(
+            "cheetah-vel", 20_000_000,  # 2500 epochs
+            model=dict(init_std=0.2, output_weights_scale=1.0, share_network=False),
+            ppo=dict(gamma=0.9, clip_coef=0.1, policy_lr=3e-5, value_lr=2.5e-4, policy_lr_decay=True,
+                     value_lr_decay=False, decay_epoch_start=100, decay_epoch_end=750, min_lr_factor=0.1),
         ),
     ),
     "cheetah-dir": (
         "HalfCheetahDir, direction +-1 (original code's README command).",
-        TrainConfig(
-            preset="cheetah-dir",
-            total_env_steps=40_000_000,  # 5000 epochs
-            task=_replace(_MUJOCO_TASK, name="cheetah-dir"),
-            model=_replace(_MUJOCO_MODEL, init_std=0.5, output_weights_scale=1.0, share_network=True),
-            ppo=_replace(_PAPER_PPO, gamma=0.9, clip_coef=0.2, policy_lr=3e-5, value_lr=3e-5,
-                         policy_lr_decay=True, value_lr_decay=True,
-                         decay_epoch_start=100, decay_epoch_end=3700, min_lr_factor=1e-4),
-            eval=_PAPER_EVAL,
+        _paper_mujoco(
+            "cheetah-dir", 40_000_000,  # 5000 epochs
+            model=dict(init_std=0.5, output_weights_scale=1.0, share_network=True),
+            ppo=dict(gamma=0.9, clip_coef=0.2, policy_lr=3e-5, value_lr=3e-5, policy_lr_decay=True,
+                     value_lr_decay=True, decay_epoch_start=100, decay_epoch_end=3700, min_lr_factor=1e-4),
         ),
     ),
     "ant-dir": (
         "AntDir, direction +-1 rad (paper Fig. 4; original code's README command).",
-        TrainConfig(
-            preset="ant-dir",
-            total_env_steps=40_000_000,  # 5000 epochs
-            task=_replace(_MUJOCO_TASK, name="ant-dir"),
-            model=_replace(_MUJOCO_MODEL, init_std=0.5, output_weights_scale=0.01, share_network=True),
-            ppo=_replace(_PAPER_PPO, gamma=0.92, clip_coef=0.2, policy_lr=3e-5, value_lr=3e-5,
-                         policy_lr_decay=True, value_lr_decay=True,
-                         decay_epoch_start=500, decay_epoch_end=3500, min_lr_factor=1e-4),
-            eval=_PAPER_EVAL,
+        _paper_mujoco(
+            "ant-dir", 40_000_000,  # 5000 epochs
+            model=dict(init_std=0.5, output_weights_scale=0.01, share_network=True),
+            ppo=dict(gamma=0.92, clip_coef=0.2, policy_lr=3e-5, value_lr=3e-5, policy_lr_decay=True,
+                     value_lr_decay=True, decay_epoch_start=500, decay_epoch_end=3500, min_lr_factor=1e-4),
         ),
     ),
 }

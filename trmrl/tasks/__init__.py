@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trmrl.errors import ConfigError
+from trmrl.errors import ConfigError, MissingDependencyError
 from trmrl.tasks.base import Task, TaskDistribution, TaskEnv
 
 __all__ = ["Task", "TaskDistribution", "TaskEnv", "TASK_NAMES", "make_task_distribution"]
@@ -18,12 +18,15 @@ def make_task_distribution(name: str) -> TaskDistribution:
         return PointNav()
     if name not in TASK_NAMES:
         raise ConfigError(f"unknown task '{name}'; choose from {', '.join(TASK_NAMES)}")
-    from trmrl.tasks import mujoco as mj
+    try:
+        from trmrl.tasks import mujoco as mj
+    except ImportError as exc:
+        raise MissingDependencyError(f"task '{name}' needs MuJoCo: pip install 'gymnasium[mujoco]' ({exc})") from exc
 
     if name == "cheetah-vel":
         return mj.CheetahVel(0.0, 3.0)
     if name == "cheetah-vel-ood":
         return mj.CheetahVel(3.0, 4.0, name="cheetah-vel-ood")
     if name == "cheetah-dir":
-        return mj.CheetahDir()
-    return mj.AntDir()
+        return mj.cheetah_dir()
+    return mj.ant_dir()

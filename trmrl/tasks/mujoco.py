@@ -6,7 +6,7 @@ Rewards use the raw policy action; MuJoCo clamps the control to ctrlrange itself
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -123,28 +123,26 @@ class CheetahVel:
         return HalfCheetahTaskEnv()
 
 
-class CheetahDir:
-    """Direction d in {-1, +1} with probability 1/2 each."""
+class Direction:
+    """A direction drawn from {-1, +1} with probability 1/2 each, named for per-task logs."""
 
-    name = "cheetah-dir"
+    def __init__(self, name: str, make_env: Callable[[], _TaskMujocoEnv], labels: tuple[str, str]) -> None:
+        self.name, self._make_env, self._labels = name, make_env, labels
 
     def sample(self, rng: np.random.Generator, n: int) -> Sequence[Task]:
         signs = rng.choice([-1.0, 1.0], size=n)
-        return [Task("forward" if d > 0 else "backward", (float(d),)) for d in signs]
+        return [Task(self._labels[0] if d > 0 else self._labels[1], (float(d),)) for d in signs]
 
-    def make_env(self) -> HalfCheetahTaskEnv:
-        return HalfCheetahTaskEnv()
+    def make_env(self) -> _TaskMujocoEnv:
+        return self._make_env()
 
 
-class AntDir:
-    """Direction angle theta in {-1, +1} radians with probability 1/2 each: the original code's
-    convention (from VariBAD), i.e. +-57.3 degrees from the x axis, not forward/backward."""
+def cheetah_dir() -> Direction:
+    """HalfCheetahDir: run forward (d = +1) or backward (d = -1)."""
+    return Direction("cheetah-dir", HalfCheetahTaskEnv, ("forward", "backward"))
 
-    name = "ant-dir"
 
-    def sample(self, rng: np.random.Generator, n: int) -> Sequence[Task]:
-        angles = rng.choice([-1.0, 1.0], size=n)
-        return [Task("left" if a > 0 else "right", (float(a),)) for a in angles]
-
-    def make_env(self) -> AntDirEnv:
-        return AntDirEnv()
+def ant_dir() -> Direction:
+    """AntDir: angle theta in {-1, +1} radians, the original code's convention (from VariBAD),
+    i.e. +-57.3 degrees from the x axis, not forward/backward."""
+    return Direction("ant-dir", AntDirEnv, ("left", "right"))

@@ -1,0 +1,36 @@
+"""Presets carry the paper's values (TRMRL.md section 3) and stay consistent."""
+
+import pytest
+
+from trmrl.presets import PRESETS, get_preset
+from trmrl.errors import ConfigError
+
+
+def test_cheetah_vel_preset_matches_the_paper_table():
+    c = get_preset("cheetah-vel")
+    m, p, t = c.model, c.ppo, c.task
+    assert (m.d_model, m.n_heads, m.d_ff, m.n_layers, m.window) == (128, 16, 512, 4, 5)
+    assert (t.tasks_per_epoch, t.episodes_per_trial, t.max_episode_steps) == (20, 2, 200)
+    assert (p.gamma, p.gae_lambda, p.clip_coef, p.minibatch_size, p.update_epochs) == (0.9, 0.8, 0.1, 256, 10)
+    assert (p.policy_lr, p.value_lr, p.policy_lr_decay, p.value_lr_decay) == (3e-5, 2.5e-4, True, False)
+    assert (p.decay_epoch_start, p.decay_epoch_end, p.min_lr_factor) == (100, 750, 0.1)
+    assert (m.share_network, m.init_std, m.output_weights_scale) == (False, 0.2, 1.0)
+    assert (p.weight_decay, p.norm_adv, p.value_loss, p.max_grad_norm, p.ent_coef) == (0.01, False, "nll", None, 0.0)
+    assert m.memory_scope == "episode" and m.tfixup == "code" and c.n_epochs == 2500
+
+
+def test_ant_dir_preset_matches_the_paper_table():
+    c = get_preset("ant-dir")
+    assert (c.ppo.gamma, c.ppo.clip_coef, c.ppo.decay_epoch_start, c.ppo.decay_epoch_end) == (0.92, 0.2, 500, 3500)
+    assert (c.model.share_network, c.model.init_std, c.model.output_weights_scale) == (True, 0.5, 0.01)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_names_itself_and_its_task(name):
+    config = get_preset(name)
+    assert config.preset == name and config.task.name == name
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="unknown preset"):
+        get_preset("cheetah-speed")
