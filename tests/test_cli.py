@@ -53,3 +53,10 @@ def test_train_then_resume_end_to_end(tmp_path):
     (run / "checkpoint.pt").write_bytes(b"\x00garbage")
     assert_one_error_line(trmrl("train", "--resume", str(run), "--total-env-steps", "2000"), "corrupt checkpoint")
     assert_one_error_line(trmrl("train", "--resume", str(tmp_path / "nowhere")), "not a run directory")
+
+
+def test_missing_simulator_is_one_clear_line():
+    code = ("import sys; sys.modules['mujoco'] = None; from trmrl.cli import main; "
+            "sys.exit(main(['train', 'cheetah-vel', '--total-env-steps', '1']))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert_one_error_line(result, "needs MuJoCo")

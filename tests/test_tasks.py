@@ -32,7 +32,11 @@ def test_documented_ranges():
         assert set(values) == {-1.0, 1.0} and abs(np.mean(values)) < 0.15
 
 
-@pytest.mark.parametrize("name,obs_dim,act_dim", [("point-nav", 2, 2), ("cheetah-vel", 20, 6), ("ant-dir", 27, 8)])
+DIMS = {"point-nav": (2, 2), "cheetah-vel": (20, 6), "cheetah-vel-ood": (20, 6), "cheetah-dir": (20, 6),
+        "ant-dir": (27, 8)}
+
+
+@pytest.mark.parametrize("name,obs_dim,act_dim", [(name, *dims) for name, dims in DIMS.items()])
 def test_trial_env_passes_gymnasium_checks(name, obs_dim, act_dim):
     d = make_task_distribution(name)
     env = TrialEnv(d.make_env(), episodes_per_trial=2, max_episode_steps=10, task=d.sample(np.random.default_rng(0), 1)[0])
