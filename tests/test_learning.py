@@ -32,10 +32,10 @@ def check(tmp_path, total_env_steps: int, threshold: float, margin: float) -> No
 
 
 def test_trmrl_meta_learns_point_nav(tmp_path):
-    check(tmp_path, total_env_steps=128_000, threshold=-12.0, margin=2.0)
+    check(tmp_path, total_env_steps=256_000, threshold=-12.0, margin=2.0)
 
 
 @pytest.mark.slow
 def test_trmrl_meta_learns_point_nav_full_budget(tmp_path):
-    # the preset's full budget; measured: W = 5 about -8, W = 1 about -16, random about -20
-    check(tmp_path, total_env_steps=400_000, threshold=-10.0, margin=5.0)
+    # the preset's full budget; measured with seed 1: W = 5 -7.8, W = 1 -11.5, random -20.2
+    check(tmp_path, total_env_steps=400_000, threshold=-9.0, margin=2.5)

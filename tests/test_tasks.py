@@ -19,9 +19,15 @@ def test_same_seed_same_tasks(name):
     assert a == b and a != c
 
 
+def rng0():
+    return np.random.default_rng(0)
+
+
 def test_documented_ranges():
-    rng = np.random.default_rng(0)
+    rng = rng0()
     goals = np.array([t.params for t in make_task_distribution("point-nav").sample(rng, 500)])
+    xy_goals = [t.params for t in make_task_distribution("point-nav-xy").sample(rng0(), 500)]
+    assert np.array_equal(goals, np.array(xy_goals))
     assert np.allclose(np.linalg.norm(goals, axis=1), 1.0) and (goals[:, 1] >= 0).all()
     v = [t.params[0] for t in make_task_distribution("cheetah-vel").sample(rng, 500)]
     assert 0 <= min(v) and max(v) <= 3 and max(v) > 2.9
@@ -32,7 +38,7 @@ def test_documented_ranges():
         assert set(values) == {-1.0, 1.0} and abs(np.mean(values)) < 0.15
 
 
-DIMS = {"point-nav": (2, 2), "cheetah-vel": (20, 6), "cheetah-vel-ood": (20, 6), "cheetah-dir": (20, 6),
+DIMS = {"point-nav": (0, 2), "point-nav-xy": (2, 2), "cheetah-vel": (20, 6), "cheetah-vel-ood": (20, 6), "cheetah-dir": (20, 6),
         "ant-dir": (27, 8)}
 
 
@@ -93,8 +99,10 @@ def test_ant_dir_reward_and_termination():
     assert env.step(np.zeros(8))[2]
 
 
-def test_point_nav_reward_is_minus_distance():
-    env, task = _env("point-nav")
-    obs, reward, *_ = env.step(np.array([2.0, -0.5]))  # clipped to [1, -0.5], step size 0.1
-    assert np.allclose(obs, [0.1, -0.05])
-    assert reward == pytest.approx(-np.linalg.norm(obs - np.array(task.params)))
+@pytest.mark.parametrize("name", ["point-nav", "point-nav-xy"])
+def test_point_nav_reward_is_minus_distance(name):
+    env, task = _env(name)
+    obs, reward, _, _, info = env.step(np.array([2.0, -0.5]))  # clipped to [1, -0.5], step size 0.1
+    assert np.allclose(info["position"], [0.1, -0.05])
+    assert obs.shape == ((2,) if name == "point-nav-xy" else (0,))
+    assert reward == pytest.approx(-np.linalg.norm(info["position"] - np.array(task.params)))

@@ -15,7 +15,7 @@ GOAL = Task("goal", (0.0, 1.0))
 
 @pytest.mark.parametrize("carry", [False, True])
 def test_augmented_observations_across_an_episode_boundary(carry):
-    env = TrialEnv(PointNavEnv(), episodes_per_trial=2, max_episode_steps=2, carry_across_episodes=carry)
+    env = TrialEnv(PointNavEnv(observe_position=True), episodes_per_trial=2, max_episode_steps=2, carry_across_episodes=carry)
     obs, _ = env.reset(seed=0, options={"task": GOAL})
     assert obs.tolist() == [0, 0, 0, 0, 0, 0]  # [s, a, r, d]: zeros before the first action
     obs, r1, term, trunc, info = env.step(np.array([0.0, 1.0]))
@@ -46,7 +46,7 @@ def test_rollout_flags_and_episode_returns_with_a_scripted_policy():
     sampler = TrialSampler(dist, n_envs=2, episodes_per_trial=3, max_episode_steps=4, window=2, memory_scope="episode")
     tasks = [GOAL, Task("goal", (1.0, 0.0))]
     rollout = sampler.collect(ConstantPolicy(), tasks, [0, 1], None)
-    assert rollout.rewards.shape == (12, 2) and rollout.obs.shape == (12, 2, 6)
+    assert rollout.rewards.shape == (12, 2) and rollout.obs.shape == (12, 2, 4)  # [a, r, d]
     assert rollout.episode_start[:, 0].nonzero().flatten().tolist() == [0, 4, 8]
     assert rollout.episode_end[:, 0].nonzero().flatten().tolist() == [3, 7, 11]
     assert rollout.trial_end[:, 0].nonzero().flatten().tolist() == [11]

@@ -18,7 +18,7 @@ import tyro
 
 from trmrl.errors import ConfigError
 
-TaskName = Literal["point-nav", "cheetah-vel", "cheetah-vel-ood", "cheetah-dir", "ant-dir"]
+TaskName = Literal["point-nav", "point-nav-xy", "cheetah-vel", "cheetah-vel-ood", "cheetah-dir", "ant-dir"]
 MemoryScope = Literal["episode", "trial"]
 TFixup = Literal["code", "paper", "off"]
 ValueLoss = Literal["nll", "mse"]

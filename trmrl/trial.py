@@ -7,6 +7,10 @@ At a later episode start a and r are those of the previous episode's last step w
 `carry_across_episodes` is set (trial memory scope), and zeros otherwise (episode scope: the
 original code, where nothing of a previous episode reaches the policy).
 
+`a_{t-1}` is the action the env reports it applied (`info["applied_action"]`, e.g. point-nav's
+clipped move) and otherwise the raw policy sample (the original MuJoCo setup, where MuJoCo
+clamps the control itself).
+
 The gymnasium episode of this env is the whole trial: it terminates when the last episode
 truly terminates and is truncated when the last episode hits the time limit. Inner episode ends
 are reported in `info` (`episode_end`, `episode_terminated`, `final_observation`).
@@ -81,6 +85,9 @@ class TrialEnv(gym.Env[np.ndarray, np.ndarray]):
         truncated = truncated or self._step_in_episode >= self.max_episode_steps
         info = dict(info, episode=self._episode, episode_end=terminated or truncated,
                     episode_terminated=terminated)
+        # An env that changes the action before applying it (e.g. clips it) reports what it applied,
+        # and that is what the agent remembers; otherwise the raw action (the original MuJoCo setup).
+        action = info.get("applied_action", action)
         last = self._augment(obs, action, reward, 0.0)
         if not info["episode_end"]:
             return last, float(reward), False, False, info

@@ -7,15 +7,15 @@ from trmrl.tasks.base import Task, TaskDistribution, TaskEnv
 
 __all__ = ["Task", "TaskDistribution", "TaskEnv", "TASK_NAMES", "make_task_distribution"]
 
-TASK_NAMES = ("point-nav", "cheetah-vel", "cheetah-vel-ood", "cheetah-dir", "ant-dir")
+TASK_NAMES = ("point-nav", "point-nav-xy", "cheetah-vel", "cheetah-vel-ood", "cheetah-dir", "ant-dir")
 
 
 def make_task_distribution(name: str) -> TaskDistribution:
     """The distribution called `name`; MuJoCo is imported only when a MuJoCo task is asked for."""
-    if name == "point-nav":
+    if name in ("point-nav", "point-nav-xy"):
         from trmrl.tasks.toy import PointNav
 
-        return PointNav()
+        return PointNav(observe_position=name == "point-nav-xy")
     if name not in TASK_NAMES:
         raise ConfigError(f"unknown task '{name}'; choose from {', '.join(TASK_NAMES)}")
     try:
