@@ -2,8 +2,8 @@
 
 import pytest
 
-from trmrl.presets import PRESETS, get_preset
 from trmrl.errors import ConfigError
+from trmrl.presets import PRESETS, get_preset
 
 
 def test_cheetah_vel_preset_matches_the_paper_table():

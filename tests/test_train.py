@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from trmrl import checkpoint
 from trmrl.errors import CheckpointError, DivergenceError
 from trmrl.log import read_metrics

@@ -20,7 +20,7 @@ def test_augmented_observations_across_an_episode_boundary(carry):
     assert obs.tolist() == [0, 0, 0, 0, 0, 0]  # [s, a, r, d]: zeros before the first action
     obs, r1, term, trunc, info = env.step(np.array([0.0, 1.0]))
     assert np.allclose(obs, [0, 0.1, 0, 1, -0.9, 0]) and not info["episode_end"]
-    obs, r2, term, trunc, info = env.step(np.array([1.0, 0.0]))
+    obs, r2, term, trunc, info = env.step(np.array([3.0, 0.0]))  # applied (and remembered) as [1, 0]
     assert info["episode_end"] and not info["episode_terminated"] and not (term or trunc)
     assert np.allclose(info["final_observation"][:2], [0.1, 0.1])
     carried = [1, 0, r2] if carry else [0, 0, 0]

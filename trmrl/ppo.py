@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from trmrl.config import PPOConfig
+from trmrl.config import MemoryScope, PPOConfig
 from trmrl.errors import DivergenceError
 from trmrl.memory import gather_windows
 from trmrl.nets.policy import ActorCritic
@@ -84,12 +84,12 @@ class Batch:
         return len(self.lengths)
 
 
-def make_batch(rollout: Rollout, config: PPOConfig, window: int, memory_scope: str) -> Batch:
+def make_batch(rollout: Rollout, config: PPOConfig, window: int, memory_scope: MemoryScope) -> Batch:
     """Advantages and returns over trials, and every step's window rebuilt from stored inputs."""
     next_values, cut = bootstrap_targets(rollout, config.gae_across_episodes, config.bootstrap_truncation)
     advantages = gae(rollout.rewards, rollout.values, next_values, cut, config.gamma, config.gae_lambda)
     returns = discounted_returns(rollout.rewards, rollout.values, next_values, cut, config.gamma)
-    windows, lengths = gather_windows(rollout.obs, rollout.clears(memory_scope), window)  # type: ignore[arg-type]
+    windows, lengths = gather_windows(rollout.obs, rollout.clears(memory_scope), window)
     flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
     return Batch(flat(windows), flat(lengths), flat(rollout.actions), flat(rollout.log_probs),
                  flat(advantages), flat(returns), flat(rollout.values))

@@ -7,6 +7,7 @@ Shapes: N windows, W window, O augmented observation, D d_model, A actions.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ MIN_LOG_STD = math.log(1e-6)
 def mlp(sizes: Sequence[int], output_gain: float, generator: torch.Generator) -> nn.Sequential:
     """tanh MLP; xavier-uniform weights (the last with `output_gain`), zero biases."""
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
         linear = nn.Linear(n_in, n_out)
         last = i == len(sizes) - 2
         with torch.no_grad():
