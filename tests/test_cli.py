@@ -42,7 +42,7 @@ def test_train_then_resume_end_to_end(tmp_path):
     result = trmrl("train", "point-nav", *small)
     assert result.returncode == 0, result.stderr
     assert "random policy" in result.stdout and f"run directory: {run}" in result.stdout
-    assert len(json.loads((run / "meta_test.json").read_text())["return_per_episode"]) == 4
+    assert len(json.loads((run / "eval" / "adaptation.json").read_text())["per_episode"]) == 4
     assert_one_error_line(trmrl("train", "point-nav", *small), "already holds a run", "--resume")
 
     result = trmrl("train", "--resume", str(run), "--total-env-steps", "1280", "--no-progress")

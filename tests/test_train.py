@@ -27,7 +27,8 @@ def test_run_directory_is_self_describing(tmp_path):
     assert list((tmp_path / "tb").iterdir())
     assert checkpoint.load(tmp_path / CHECKPOINT)["epoch"] == 4
     assert len(summary["return_per_episode"]) == 3
-    assert json.loads((tmp_path / "meta_test.json").read_text())["n_tasks"] == 4
+    assert json.loads((tmp_path / "eval" / "adaptation.json").read_text())["n_tasks"] == 4
+    assert (tmp_path / "eval" / "adaptation-random.csv").exists()
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):

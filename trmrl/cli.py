@@ -20,6 +20,9 @@ from trmrl.errors import CheckpointError, ConfigError, TrmrlError
 USAGE = """usage:
   trmrl train [PRESET] [--FIELD VALUE ...]   meta-train, then meta-test (default preset: {default})
   trmrl train --resume RUN_DIR [--total-env-steps N]
+  trmrl eval RUN_DIR|CHECKPOINT [--protocol during-training|adaptation|ood] [--n-tasks N]
+             [--episodes K] [--sampled] [--seed S] [--attention]
+  trmrl plot RUN_DIR [RUN_DIR ...] [--out DIR]   learning and adaptation curves over seeds
   trmrl presets                               list the named presets
   trmrl train PRESET --help                   every field, with its default in that preset
 """
@@ -123,6 +126,68 @@ def load_run_config(run_dir: Path) -> TrainConfig:
         raise CheckpointError(f"unreadable {path}: {exc}") from None
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ConfigError (one line) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def eval_command(args: list[str]) -> None:
+    from trmrl.evaluate import PROTOCOLS, MetaTester, resolve_protocol
+    from trmrl.tasks import make_task_distribution
+    from trmrl.train import load_trained
+
+    parser = _Parser(prog="trmrl eval", description="Meta-test a trained agent on held-out tasks.")
+    parser.add_argument("path", type=Path, metavar="RUN_DIR_OR_CHECKPOINT")
+    parser.add_argument("--protocol", default="adaptation", choices=list(PROTOCOLS))
+    parser.add_argument("--n-tasks", type=int, default=None, help="tasks (protocol default)")
+    parser.add_argument("--episodes", type=int, default=None, help="episodes per trial (protocol default)")
+    parser.add_argument("--sampled", action="store_true", help="sample actions instead of the mean")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the held-out tasks (default: the run's)")
+    parser.add_argument("--attention", action="store_true", help="also save and plot attention over one trial")
+    ns = parser.parse_args(args)
+    for name in ("n_tasks", "episodes"):
+        if getattr(ns, name) is not None and getattr(ns, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+    config, model, run_dir = load_trained(ns.path)
+    protocol = resolve_protocol(ns.protocol, config.task.name, n_tasks=ns.n_tasks, episodes=ns.episodes,
+                                deterministic=not ns.sampled)
+    seed = config.seed if ns.seed is None else ns.seed
+    tester = MetaTester(make_task_distribution(config.task.name), protocol, config.task.max_episode_steps,
+                        config.model.window, config.model.memory_scope, seed)
+    result = tester.run(model)
+    json_path, csv_path = result.write(run_dir / "eval")
+    print(f"{protocol.name}: {protocol.n_tasks} held-out tasks of {tester.distribution.name} (seed {seed}), "
+          f"trials of {protocol.episodes} episodes, {'mean' if protocol.deterministic else 'sampled'} actions")
+    print("episode     mean   95% CI                  IQM   95% CI" + ("            success" if result.successes is not None else ""))
+    for row in result.per_episode():
+        line = (f"{row['episode']:>7} {row['return_mean']:8.2f}   [{row['return_mean_ci_low']:8.2f}, "
+                f"{row['return_mean_ci_high']:8.2f}] {row['return_iqm']:8.2f}   [{row['return_iqm_ci_low']:8.2f}, "
+                f"{row['return_iqm_ci_high']:8.2f}]")
+        if "success_rate" in row:
+            line += f"   {row['success_rate']:.2f}"
+        print(line)
+    print(f"wrote {json_path} and {csv_path}")
+    if ns.attention:
+        from trmrl.attention import save_attention
+
+        for path in save_attention(model, tester, run_dir / "eval"):
+            print(f"wrote {path}")
+
+
+def plot_command(args: list[str]) -> None:
+    from trmrl.plot import plot_runs
+
+    parser = _Parser(prog="trmrl plot", description="Learning and adaptation curves, seeds aggregated.")
+    parser.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
+    parser.add_argument("--out", type=Path, default=Path("plots"), help="output directory (default: plots)")
+    parser.add_argument("--protocol", default="adaptation", help="eval result used for adaptation curves")
+    ns = parser.parse_args(args)
+    for path in plot_runs(ns.runs, ns.out, ns.protocol):
+        print(f"wrote {path}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     from trmrl.presets import DEFAULT_PRESET, PRESETS
@@ -133,11 +198,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args[0] == "train":
             train_command(args[1:])
+        elif args[0] == "eval":
+            eval_command(args[1:])
+        elif args[0] == "plot":
+            plot_command(args[1:])
         elif args[0] == "presets":
             for name, (description, _) in PRESETS.items():
                 print(f"{name:<14} {description}")
         else:
-            raise ConfigError(f"unknown command '{args[0]}'; commands: train, presets")
+            raise ConfigError(f"unknown command '{args[0]}'; commands: train, eval, plot, presets")
     except TrmrlError as exc:
         print(f"trmrl: error: {exc}", file=sys.stderr)
         return 2

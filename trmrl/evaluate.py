@@ -1,70 +1,236 @@
-"""Meta-testing: trials on tasks from a held-out seed stream, return per episode index.
+"""Meta-evaluation shared by every meta-learner, on tasks from a held-out seed stream.
 
-For in-memory learners (TrMRL, RL^2) exploring, adapting and evaluating all happen within one
-trial: episode k of the trial shows the return after k episodes of experience on the task.
+The contract follows garage's meta-evaluator: explore a task, adapt, evaluate. A learner that
+adapts in memory (TrMRL, RL^2) does all three inside one trial, so episode k of a trial shows
+the return after k episodes of experience on the task. A learner that adapts by gradient steps
+(MAML) or by posterior updates (PEARL) is run episode by episode: after episode k it adapts on
+what it saw, and episode k + 1 uses the adapted policy.
 """
 
 from __future__ import annotations
 
+import csv
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from trmrl.config import MemoryScope
-from trmrl.sampler import Policy, TrialSampler, episode_returns
+from trmrl.errors import ConfigError
+from trmrl.sampler import Policy, Rollout, TrialSampler, episode_returns, episode_successes, first_episode_rewards
 from trmrl.seeding import Stream, env_seeds, numpy_rng, torch_generator
-from trmrl.tasks.base import TaskDistribution
+from trmrl.stats import aggregate
+from trmrl.tasks import Task, TaskDistribution, make_task_distribution
+
+
+class MetaLearner(Protocol):
+    """What the evaluator needs of a meta-learner."""
+
+    adapts_in_memory: bool
+    """True: one trial of K episodes is exploration, adaptation and evaluation at once."""
+
+    def exploration_policy(self) -> Policy: ...
+
+    def adapt(self, policy: Policy, exploration: Rollout) -> Policy:
+        """A policy adapted to the task of `exploration` (one task, B = 1)."""
+        ...
+
+
+@dataclass
+class InMemoryLearner:
+    """TrMRL and RL^2: adaptation happens in the policy's memory within a trial."""
+
+    policy: Policy
+    adapts_in_memory: bool = True
+
+    def exploration_policy(self) -> Policy:
+        return self.policy
+
+    def adapt(self, policy: Policy, exploration: Rollout) -> Policy:
+        return policy
 
 
 @dataclass(frozen=True)
-class Protocol:
-    """Which tasks and how many episodes: tasks come from `task_stream` at `index`."""
+class EvalProtocol:
+    """Which tasks (distribution, seed streams) and how many episodes per trial."""
 
+    name: str
     n_tasks: int
     episodes: int
-    task_stream: Stream
-    env_stream: Stream
-    action_stream: Stream
     deterministic: bool = True
+    distribution: str | None = None
+    """Task distribution; None: the run's own."""
+    task_stream: Stream = Stream.TEST_TASKS
+    env_stream: Stream = Stream.TEST_ENVS
+    action_stream: Stream = Stream.TEST_ACTIONS
 
 
-def during_training(n_tasks: int, episodes: int, deterministic: bool) -> Protocol:
-    return Protocol(n_tasks, episodes, Stream.EVAL_TASKS, Stream.EVAL_ENVS, Stream.EVAL_ACTIONS, deterministic)
+PROTOCOLS: dict[str, EvalProtocol] = {
+    # paper: every 5 epochs, 30 fresh tasks x 2 episodes, mean actions (its own stream, fresh per epoch)
+    "during-training": EvalProtocol("during-training", 30, 2, task_stream=Stream.EVAL_TASKS,
+                                    env_stream=Stream.EVAL_ENVS, action_stream=Stream.EVAL_ACTIONS),
+    # paper Fig. 5: 20 held-out tasks, one trial of 6 episodes
+    "adaptation": EvalProtocol("adaptation", 20, 6),
+    # paper Fig. 6: HalfCheetahVel with target velocity U[3, 4], 20 tasks x 6 episodes
+    "ood": EvalProtocol("ood", 20, 6),
+}
+OOD_DISTRIBUTION = {"cheetah-vel": "cheetah-vel-ood"}
 
 
-def final_test(n_tasks: int, episodes: int, deterministic: bool) -> Protocol:
-    return Protocol(n_tasks, episodes, Stream.TEST_TASKS, Stream.TEST_ENVS, Stream.TEST_ACTIONS, deterministic)
+def resolve_protocol(name: str, task: str, **changes: Any) -> EvalProtocol:
+    """The named protocol for a run on `task`, with optional changes (n_tasks, episodes, ...)."""
+    import dataclasses
+
+    if name not in PROTOCOLS:
+        raise ConfigError(f"unknown protocol '{name}'; choose from {', '.join(PROTOCOLS)}")
+    protocol = PROTOCOLS[name]
+    if name == "ood":
+        if task not in OOD_DISTRIBUTION:
+            raise ConfigError(f"protocol 'ood' is defined for {', '.join(OOD_DISTRIBUTION)} only, not '{task}'")
+        protocol = dataclasses.replace(protocol, distribution=OOD_DISTRIBUTION[task])
+    return dataclasses.replace(protocol, **{k: v for k, v in changes.items() if v is not None})
+
+
+def during_training(n_tasks: int, episodes: int, deterministic: bool) -> EvalProtocol:
+    return resolve_protocol("during-training", "", n_tasks=n_tasks, episodes=episodes, deterministic=deterministic)
+
+
+def final_test(n_tasks: int, episodes: int, deterministic: bool) -> EvalProtocol:
+    return resolve_protocol("adaptation", "", n_tasks=n_tasks, episodes=episodes, deterministic=deterministic)
+
+
+@dataclass
+class MetaTestResult:
+    """Per task and episode index of a trial; `first_episode_rewards` is the per-step reward of
+    each task's first episode (the online-adaptation view)."""
+
+    protocol: EvalProtocol
+    tasks: Sequence[Task]
+    returns: np.ndarray  # (n_tasks, episodes)
+    successes: np.ndarray | None  # (n_tasks, episodes) in {0, 1}, for tasks that report success
+    first_episode_rewards: np.ndarray  # (n_tasks, H)
+
+    def per_episode(self) -> list[dict[str, float]]:
+        """Aggregates over tasks for each episode index: mean, IQM, 95% bootstrap CIs."""
+        rows = []
+        for k in range(self.returns.shape[1]):
+            row = {"episode": k, **{f"return_{n}": v for n, v in aggregate(self.returns[:, k, None]).to_dict().items()}}
+            if self.successes is not None:
+                row["success_rate"] = float(np.nanmean(self.successes[:, k]))
+            rows.append(row)
+        return rows
+
+    def metrics(self, prefix: str = "meta_test") -> dict[str, float]:
+        """`meta_test/episode_k/return` (and `/success`): means over tasks."""
+        out = {f"{prefix}/episode_{k}/return": float(m) for k, m in enumerate(np.nanmean(self.returns, axis=0))}
+        if self.successes is not None:
+            out |= {f"{prefix}/episode_{k}/success": float(m) for k, m in enumerate(np.nanmean(self.successes, axis=0))}
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        p = self.protocol
+        return {
+            "protocol": p.name, "n_tasks": len(self.tasks), "episodes": p.episodes, "deterministic": p.deterministic,
+            "distribution": p.distribution,
+            "tasks": [{"name": t.name, "params": list(t.params)} for t in self.tasks],
+            "per_episode": self.per_episode(),
+            "returns": self.returns.tolist(),
+            "successes": None if self.successes is None else self.successes.tolist(),
+            "first_episode_rewards": self.first_episode_rewards.tolist(),
+        }
+
+    def write(self, directory: Path, name: str | None = None) -> tuple[Path, Path]:
+        """<name>.json (everything) and <name>.csv (one row per task and episode)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        name = name or self.protocol.name
+        json_path, csv_path = directory / f"{name}.json", directory / f"{name}.csv"
+        json_path.write_text(json.dumps(_finite(self.to_dict()), indent=1) + "\n")
+        with csv_path.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["task", "task_name", "task_params", "episode", "return", "success"])
+            for i, task in enumerate(self.tasks):
+                for k in range(self.returns.shape[1]):
+                    success = "" if self.successes is None else self.successes[i, k]
+                    writer.writerow([i, task.name, " ".join(f"{x:g}" for x in task.params), k, self.returns[i, k], success])
+        return json_path, csv_path
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: write null instead."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
 
 
 class MetaTester:
-    """Runs one protocol on a task distribution; reuses its envs across calls."""
+    """Runs one protocol; reuses its envs across calls."""
 
     def __init__(
         self,
         distribution: TaskDistribution,
-        protocol: Protocol,
+        protocol: EvalProtocol,
         max_episode_steps: int,
         window: int,
         memory_scope: MemoryScope,
         seed: int,
     ) -> None:
-        self.distribution = distribution
+        self.distribution = make_task_distribution(protocol.distribution) if protocol.distribution else distribution
         self.protocol = protocol
         self.seed = seed
-        self.sampler = TrialSampler(distribution, protocol.n_tasks, protocol.episodes, max_episode_steps,
+        self.max_episode_steps = max_episode_steps
+        self.sampler = TrialSampler(self.distribution, protocol.n_tasks, protocol.episodes, max_episode_steps,
                                     window, memory_scope)
+        self._single = TrialSampler(self.distribution, 1, 1, max_episode_steps, window, memory_scope)
+        self.has_success = bool(getattr(self.distribution, "has_success", False))
 
-    def run(self, policy: Policy, index: int = 0) -> np.ndarray:
-        """Returns (n_tasks, episodes): return of episode k of the trial on each task."""
+    def tasks(self, index: int = 0) -> Sequence[Task]:
         p = self.protocol
-        tasks = self.distribution.sample(numpy_rng(self.seed, p.task_stream, index), p.n_tasks)
-        rollout = self.sampler.collect(
-            policy, tasks, env_seeds(self.seed, p.env_stream, index, p.n_tasks),
-            torch_generator(self.seed, p.action_stream, index), deterministic=p.deterministic,
-        )
-        return episode_returns(rollout, p.episodes)
+        return self.distribution.sample(numpy_rng(self.seed, p.task_stream, index), p.n_tasks)
+
+    def run(self, learner: MetaLearner | Policy, index: int = 0) -> MetaTestResult:
+        """Meta-test on the protocol's tasks for evaluation number `index` (fresh tasks per index)."""
+        if not hasattr(learner, "adapts_in_memory"):
+            learner = InMemoryLearner(learner)  # type: ignore[arg-type]
+        p = self.protocol
+        tasks = self.tasks(index)
+        seeds = env_seeds(self.seed, p.env_stream, index, p.n_tasks)
+        generator = torch_generator(self.seed, p.action_stream, index)
+        if learner.adapts_in_memory:  # type: ignore[union-attr]
+            rollout = self.sampler.collect(learner.exploration_policy(), tasks, seeds, generator, p.deterministic)  # type: ignore[union-attr]
+            returns = episode_returns(rollout, p.episodes)
+            successes = episode_successes(rollout, p.episodes)
+            first = first_episode_rewards(rollout, self.max_episode_steps)
+        else:
+            returns, successes, first = self._run_episodewise(learner, tasks, seeds, generator)  # type: ignore[arg-type]
+        return MetaTestResult(p, tasks, returns, successes if self.has_success else None, first)
+
+    def _run_episodewise(
+        self, learner: MetaLearner, tasks: Sequence[Task], seeds: Sequence[int], generator: torch.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        p = self.protocol
+        returns = np.full((len(tasks), p.episodes), np.nan)
+        successes = np.full_like(returns, np.nan)
+        first = np.full((len(tasks), self.max_episode_steps), np.nan)
+        for i, (task, seed) in enumerate(zip(tasks, seeds)):
+            policy = learner.exploration_policy()
+            for k in range(p.episodes):
+                rollout = self._single.collect(policy, [task], [seed + k], generator, p.deterministic,
+                                               steps=self.max_episode_steps)
+                returns[i, k] = episode_returns(rollout, 1)[0, 0]
+                successes[i, k] = episode_successes(rollout, 1)[0, 0]
+                if k == 0:
+                    first[i] = first_episode_rewards(rollout, self.max_episode_steps)[0]
+                policy = learner.adapt(policy, rollout)
+        return returns, successes, first
 
 
 class RandomPolicy:
@@ -83,9 +249,3 @@ class RandomPolicy:
 
     def value(self, windows: Tensor, lengths: Tensor) -> Tensor:
         return torch.zeros(len(windows))
-
-
-def summarize(returns: np.ndarray) -> dict[str, float]:
-    """`meta_test/episode_k/return` (mean over tasks) for each episode index k."""
-    means = np.nanmean(returns, axis=0)
-    return {f"meta_test/episode_{k}/return": float(m) for k, m in enumerate(means)}

@@ -6,7 +6,7 @@
       metrics.jsonl     one JSON object per epoch (and one per meta-test)
       tb/               TensorBoard events, same keys
       checkpoint.pt     latest checkpoint (atomic)
-      meta_test.json    final meta-test
+      eval/             meta-test results (<protocol>.json and .csv), plots
 
 Metric keys: `charts/` (env steps, returns, speed), `losses/` (PPO), `time/` (seconds spent
 sampling and updating), `meta_test/episode_k/return` (held-out tasks, episode k of a trial).

@@ -55,6 +55,7 @@ class Rollout:
     trial_end: Tensor  # (T, B) bool: the trial ended after step t
     bootstrap_values: Tensor  # (T, B) V(final observation) where an episode hit its time limit
     # after step t, and V(next observation) at t = T-1 where the trial goes on; 0 elsewhere
+    success: Tensor | None = None  # (T, B) bool: the env reported info["success"] after step t
 
     def clears(self, scope: MemoryScope) -> Tensor:
         """(T, B) bool: where the window is cleared before step t's input, under `scope`."""
@@ -111,7 +112,8 @@ class TrialSampler:
         actions = torch.zeros(steps, n, self.act_dim)
         log_probs, values, rewards, bootstrap = (torch.zeros(steps, n) for _ in range(4))
         flags = {k: torch.zeros(steps, n, dtype=torch.bool) for k in
-                 ("episode_start", "trial_start", "episode_end", "terminated", "trial_end")}
+                 ("episode_start", "trial_start", "episode_end", "terminated", "trial_end", "success")}
+        success = np.zeros(n, dtype=bool)
 
         current = np.stack([env.reset(seed=s, options={"task": task})[0]
                             for env, s, task in zip(envs, env_seeds, tasks)])
@@ -137,6 +139,7 @@ class TrialSampler:
             for b, env in enumerate(envs):
                 nxt, step_rewards[b], term, trunc, info = env.step(action_np[b])
                 episode_end[b], terminated[b] = info["episode_end"], info["episode_terminated"]
+                success[b] = bool(info.get("success", False))
                 trial_end[b] = term or trunc
                 final[b] = info.get("final_observation", nxt)
                 current[b] = env.reset(options={"task": tasks[b]})[0] if trial_end[b] else nxt
@@ -144,6 +147,7 @@ class TrialSampler:
             flags["episode_end"][t] = torch.from_numpy(episode_end)
             flags["terminated"][t] = torch.from_numpy(terminated)
             flags["trial_end"][t] = torch.from_numpy(trial_end)
+            flags["success"][t] = torch.from_numpy(success)
 
             # Time limits are truncations: keep V(final observation) to bootstrap from.
             truncated = flags["episode_end"][t] & ~flags["terminated"][t]
@@ -165,17 +169,45 @@ class TrialSampler:
         return Rollout(obs, actions, log_probs, values, rewards, bootstrap_values=bootstrap, **flags)
 
 
+def _first_trial_episodes(rollout: Rollout, n_episodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(keep, task, episode) index arrays over (T, B) steps of each task's first trial."""
+    in_first_trial = (rollout.trial_start.long().cumsum(0) == 1).numpy()
+    episode = rollout.episode_start.long().cumsum(0).numpy() - 1
+    keep = in_first_trial & (episode < n_episodes)
+    task = np.broadcast_to(np.arange(episode.shape[1]), episode.shape)
+    return keep, task[keep], episode[keep]
+
+
 def episode_returns(rollout: Rollout, n_episodes: int) -> np.ndarray:
     """Return of each episode of each task's first trial, by episode index: (B, n_episodes).
 
     Episodes the rollout did not reach are NaN.
     """
-    in_first_trial = (rollout.trial_start.long().cumsum(0) == 1).numpy()
-    episode = rollout.episode_start.long().cumsum(0).numpy() - 1
-    keep = in_first_trial & (episode < n_episodes)
+    keep, task, episode = _first_trial_episodes(rollout, n_episodes)
     out = np.zeros((rollout.rewards.shape[1], n_episodes))
     reached = np.zeros_like(out, dtype=bool)
-    b = np.broadcast_to(np.arange(out.shape[0]), episode.shape)
-    np.add.at(out, (b[keep], episode[keep]), rollout.rewards.numpy()[keep])
-    reached[b[keep], episode[keep]] = True
+    np.add.at(out, (task, episode), rollout.rewards.numpy()[keep])
+    reached[task, episode] = True
     return np.where(reached, out, np.nan)
+
+
+def episode_successes(rollout: Rollout, n_episodes: int) -> np.ndarray:
+    """1 where an episode of the first trial reported success at any step, else 0 (NaN where
+    not reached): (B, n_episodes)."""
+    keep, task, episode = _first_trial_episodes(rollout, n_episodes)
+    out = np.full((rollout.rewards.shape[1], n_episodes), np.nan)
+    out[task, episode] = 0.0
+    success = rollout.success if rollout.success is not None else torch.zeros_like(rollout.trial_end)
+    hit = success.numpy()[keep]
+    out[task[hit], episode[hit]] = 1.0
+    return out
+
+
+def first_episode_rewards(rollout: Rollout, length: int) -> np.ndarray:
+    """Per-step reward of each task's first episode, (B, length); NaN after an early end."""
+    keep, task, episode = _first_trial_episodes(rollout, 1)
+    step = np.broadcast_to(np.arange(rollout.rewards.shape[0])[:, None], rollout.rewards.shape)[keep]
+    out = np.full((rollout.rewards.shape[1], length), np.nan)
+    inside = step < length
+    out[task[inside], step[inside]] = rollout.rewards.numpy()[keep][inside]
+    return out

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from trmrl import checkpoint
 from trmrl.config import TrainConfig, to_dict
 from trmrl.errors import CheckpointError, DivergenceError
-from trmrl.evaluate import MetaTester, RandomPolicy, during_training, final_test, summarize
+from trmrl.evaluate import MetaTester, RandomPolicy, during_training, final_test
 from trmrl.log import MetricLogger, versions, write_json
 from trmrl.nets.policy import ActorCritic
 from trmrl.ppo import lr_factor, make_batch, ppo_update
@@ -114,7 +114,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
         for epoch in range(start, end):
             metrics: dict[str, float] = {}
             if e.every_epochs and epoch % e.every_epochs == 0:
-                metrics |= summarize(tester.run(learner.model, index=epoch))
+                metrics |= tester.run(learner.model, index=epoch).metrics()
             t0 = time.perf_counter()
             tasks = distribution.sample(numpy_rng(config.seed, Stream.TRAIN_TASKS, epoch), config.task.tasks_per_epoch)
             rollout = sampler.collect(learner.model, tasks, env_seeds(config.seed, Stream.TRAIN_ENVS, epoch, len(tasks)),
@@ -148,18 +148,42 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
 
 
 def final_meta_test(config: TrainConfig, model: ActorCritic, distribution: TaskDistribution, run_dir: Path) -> dict[str, Any]:
-    """The fast-adaptation protocol on held-out tasks, beside a random policy on the same tasks."""
+    """The fast-adaptation protocol on held-out tasks, beside a random policy on the same tasks;
+    written to RUN_DIR/eval/adaptation.{json,csv} and eval/adaptation-random.{json,csv}."""
     e, m = config.eval, config.model
     tester = MetaTester(distribution, final_test(e.final_n_tasks, e.final_episodes, e.deterministic),
                         config.task.max_episode_steps, m.window, m.memory_scope, config.seed)
-    returns = tester.run(model)
+    result = tester.run(model)
     space = tester.sampler.envs[0].action_space
-    random_returns = tester.run(RandomPolicy(space.low, space.high))
-    summary = {
+    random = tester.run(RandomPolicy(space.low, space.high))
+    result.write(run_dir / "eval", "adaptation")
+    random.write(run_dir / "eval", "adaptation-random")
+    return {
         "n_tasks": e.final_n_tasks, "episodes": e.final_episodes, "deterministic": e.deterministic,
-        "return_per_episode": np.nanmean(returns, axis=0).tolist(),
-        "random_return_per_episode": np.nanmean(random_returns, axis=0).tolist(),
-        "returns": returns.tolist(),
+        "return_per_episode": np.nanmean(result.returns, axis=0).tolist(),
+        "random_return_per_episode": np.nanmean(random.returns, axis=0).tolist(),
     }
-    write_json(run_dir / "meta_test.json", summary)
-    return summary
+
+
+def load_trained(path: Path) -> tuple[TrainConfig, ActorCritic, Path]:
+    """(config, model, run directory) from a run directory or a checkpoint file in one."""
+    from trmrl.config import from_dict
+    from trmrl.errors import ConfigError
+
+    file = path if path.is_file() else path / CHECKPOINT
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
+    state = checkpoint.load(file)
+    try:
+        config = from_dict(TrainConfig, state["config"])
+    except (KeyError, TypeError, ConfigError) as exc:
+        raise CheckpointError(f"{file} holds an incompatible config: {exc}") from None
+    distribution = make_task_distribution(config.task.name)
+    env = distribution.make_env()
+    from trmrl.trial import augmented_dim
+
+    learner = Learner.create(config, augmented_dim(env.observation_space.shape[0], env.action_space.shape[0]),
+                             env.action_space.shape[0])
+    learner.load_state_dict(state)
+    learner.model.eval()
+    return config, learner.model, file.parent

@@ -32,12 +32,20 @@ class CausalSelfAttention(nn.Module):
         self.in_proj = nn.Linear(d_model, 3 * d_model)  # rows: Q, K, V
         self.out_proj = nn.Linear(d_model, d_model)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (N, W, D) -> (N, W, D); position i attends to positions <= i."""
+    def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """x: (N, W, D) -> (N, W, D); position i attends to positions <= i. With `need_weights`
+        the attention is computed explicitly and its weights (N, heads, W, W) returned too."""
         n, w, d = x.shape
         q, k, v = self.in_proj(x).view(n, w, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out_proj(out.transpose(1, 2).reshape(n, w, d))
+        weights = None
+        if need_weights:
+            scores = q @ k.transpose(-2, -1) / math.sqrt(d // self.n_heads)
+            future = torch.ones(w, w, dtype=torch.bool).triu(1)
+            weights = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+            out = weights @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out_proj(out.transpose(1, 2).reshape(n, w, d)), weights
 
 
 class EncoderLayer(nn.Module):
@@ -47,9 +55,10 @@ class EncoderLayer(nn.Module):
         self.linear1 = nn.Linear(d_model, d_ff)
         self.linear2 = nn.Linear(d_ff, d_model)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.self_attn(x)
-        return x + self.linear2(F.relu(self.linear1(x)))
+    def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        attended, weights = self.self_attn(x, need_weights)
+        x = x + attended
+        return x + self.linear2(F.relu(self.linear1(x))), weights
 
 
 class CausalTransformer(nn.Module):
@@ -61,10 +70,17 @@ class CausalTransformer(nn.Module):
         self.register_buffer("positions", sinusoidal_positions(max_len, d_model), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.forward_with_attention(x, need_weights=False)[0]
+
+    def forward_with_attention(self, x: Tensor, need_weights: bool = True) -> tuple[Tensor, list[Tensor]]:
+        """Outputs (N, W, D) and, with `need_weights`, each layer's attention (N, heads, W, W)."""
         x = x + self.positions[: x.shape[1]]
+        attention = []
         for layer in self.layers:
-            x = layer(x)
-        return x
+            x, weights = layer(x, need_weights)
+            if weights is not None:
+                attention.append(weights)
+        return x, attention
 
 
 def tfixup_scales(n_layers: int) -> tuple[float, float]:

@@ -1,0 +1,182 @@
+"""Meta-evaluation: held-out streams, per-episode bookkeeping, the shared contract, statistics,
+attention, and eval/plot from the command line on a run written by another process."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from trmrl.config import ModelConfig
+from trmrl.evaluate import EvalProtocol, InMemoryLearner, MetaTester, resolve_protocol
+from trmrl.nets.policy import ActorCritic
+from trmrl.nets.transformer import CausalSelfAttention
+from trmrl.seeding import Stream, numpy_rng
+from trmrl.stats import aggregate, iqm, stratified_bootstrap_ci
+from trmrl.tasks import make_task_distribution
+
+
+def test_held_out_tasks_never_come_from_the_training_stream():
+    dist = make_task_distribution("cheetah-vel")
+    train = {t.params for epoch in range(200) for t in dist.sample(numpy_rng(1, Stream.TRAIN_TASKS, epoch), 20)}
+    for stream in (Stream.TEST_TASKS, Stream.EVAL_TASKS):
+        held_out = {t.params for t in dist.sample(numpy_rng(1, stream, 0), 20)}
+        assert not held_out & train
+
+
+def test_protocols_follow_the_paper():
+    assert (resolve_protocol("adaptation", "cheetah-vel").n_tasks, resolve_protocol("adaptation", "x").episodes) == (20, 6)
+    assert resolve_protocol("during-training", "x").n_tasks == 30
+    ood = resolve_protocol("ood", "cheetah-vel", n_tasks=7)
+    tester = MetaTester(make_task_distribution("cheetah-vel"), ood, 5, 2, "episode", seed=0)
+    velocities = [t.params[0] for t in tester.tasks()]
+    assert len(velocities) == 7 and all(3 <= v <= 4 for v in velocities)
+
+
+class Up:
+    """Moves up at full speed; with the goal straight up, distances are 1 - 0.1 t."""
+
+    def __init__(self, speed=1.0):
+        self.speed = speed
+
+    def act(self, windows, lengths, generator, deterministic=False):
+        n = len(windows)
+        return torch.tensor([[0.0, self.speed]]).repeat(n, 1), torch.zeros(n), torch.zeros(n)
+
+    def value(self, windows, lengths):
+        return torch.zeros(len(windows))
+
+
+def scripted_tester(episodes, **kwargs):
+    protocol = EvalProtocol("adaptation", n_tasks=3, episodes=episodes, **kwargs)
+    tester = MetaTester(make_task_distribution("point-nav"), protocol, max_episode_steps=4, window=2,
+                        memory_scope="trial", seed=0)
+    return tester
+
+
+def expected_return(goal, speed):
+    return -sum(math.dist((0.0, 0.1 * speed * t), goal) for t in range(1, 5))
+
+
+def test_per_episode_bookkeeping_with_a_scripted_policy(tmp_path):
+    tester = scripted_tester(episodes=3)
+    result = tester.run(Up())
+    goals = [t.params for t in result.tasks]
+    expected = np.array([[expected_return(g, 1.0)] * 3 for g in goals])
+    assert np.allclose(result.returns, expected)
+    assert np.allclose(result.first_episode_rewards[0], [-math.dist((0, 0.1 * t), goals[0]) for t in range(1, 5)])
+    assert result.successes is None
+    rows = result.per_episode()
+    assert rows[2]["return_mean"] == pytest.approx(expected[:, 2].mean())
+    json_path, csv_path = result.write(tmp_path)
+    assert json.loads(json_path.read_text())["per_episode"][0]["episode"] == 0
+    table = list(csv.DictReader(csv_path.open()))
+    assert len(table) == 9 and float(table[4]["return"]) == pytest.approx(expected[1, 1])
+
+
+class SpeedUpLearner:
+    """An episode-by-episode learner (like MAML): each adaptation doubles the speed."""
+
+    adapts_in_memory = False
+
+    def exploration_policy(self):
+        return Up(0.25)
+
+    def adapt(self, policy, exploration):
+        assert exploration.rewards.shape == (4, 1)  # one episode of one task
+        return Up(policy.speed * 2)
+
+
+def test_the_contract_runs_gradient_style_learners_episode_by_episode():
+    result = scripted_tester(episodes=3).run(SpeedUpLearner())
+    goal = result.tasks[0].params
+    assert np.allclose(result.returns[0], [expected_return(goal, s) for s in (0.25, 0.5, 1.0)])
+    in_memory = scripted_tester(episodes=3).run(InMemoryLearner(Up(0.25)))
+    assert np.allclose(in_memory.returns[0], [expected_return(goal, 0.25)] * 3)
+
+
+def test_iqm_and_bootstrap_by_hand():
+    assert iqm(np.arange(1.0, 9.0)) == pytest.approx(4.5)  # mean of 3, 4, 5, 6
+    assert iqm(np.array([1.0, 2.0, 3.0])) == pytest.approx(2.0)  # floor(3/4) = 0 cut
+    rng = np.random.default_rng(0)
+    # runs {0, 1} in one task: bootstrap means are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4
+    assert stratified_bootstrap_ci(np.array([[0.0], [1.0]]), lambda x: x.mean(-1), rng) == (0.0, 1.0)
+    # stratified: each task keeps its own runs, so a task whose runs agree adds no spread
+    low, high = stratified_bootstrap_ci(np.array([[0.0, 5.0], [1.0, 5.0]]), lambda x: x.mean(-1), rng)
+    assert (low, high) == (2.5, 3.0)
+    agg = aggregate(np.array([[1.0, 2.0], [3.0, np.nan]]))
+    assert agg.n == 2 and agg.mean == 1.5  # the run with a missing episode is left out
+
+
+def test_explicit_attention_equals_the_fused_path_and_is_causal():
+    attn = CausalSelfAttention(16, 4)
+    x = torch.randn(3, 5, 16)
+    fused, _ = attn(x)
+    explicit, weights = attn(x, need_weights=True)
+    assert torch.allclose(fused, explicit, atol=1e-5)
+    assert torch.allclose(weights.sum(-1), torch.ones(3, 4, 5))
+    assert (weights.triu(1) == 0).all()
+
+
+def test_attention_by_age_masks_memories_that_do_not_exist():
+    from trmrl.attention import attention_by_age
+
+    model = ActorCritic(4, 2, ModelConfig(d_model=16, n_heads=2, d_ff=16, n_layers=2, window=3),
+                        torch.Generator().manual_seed(0))
+    weights = attention_by_age(model, torch.randn(2, 3, 4), torch.tensor([2, 3]))
+    assert weights.shape == (2, 2, 2, 3)
+    assert np.isnan(weights[0, :, :, 2]).all() and not np.isnan(weights[1]).any()
+    assert np.allclose(np.nansum(weights, axis=-1), 1.0, atol=1e-5)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "trmrl.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_train_eval_plot_end_to_end(tmp_path):
+    small = ["--total-env-steps", "640", "--task.tasks-per-epoch", "8", "--eval.every-epochs", "1",
+             "--eval.n-tasks", "4", "--eval.final-n-tasks", "4", "--model.d-model", "16", "--no-progress"]
+    for seed in (1, 2):
+        result = cli("train", "point-nav", *small, "--seed", str(seed), "--run-dir", str(tmp_path / f"pn-s{seed}"))
+        assert result.returncode == 0, result.stderr
+    run = tmp_path / "pn-s1"
+    result = cli("eval", str(run / "checkpoint.pt"), "--n-tasks", "5", "--episodes", "3", "--attention")
+    assert result.returncode == 0, result.stderr
+    assert "adaptation: 5 held-out tasks" in result.stdout
+    saved = json.loads((run / "eval" / "adaptation.json").read_text())
+    assert saved["n_tasks"] == 5 and len(saved["per_episode"]) == 3
+    assert (run / "eval" / "attention.png").stat().st_size > 0
+    result = cli("plot", str(tmp_path / "pn-s1"), str(tmp_path / "pn-s2"), "--out", str(tmp_path / "plots"))
+    assert result.returncode == 0, result.stderr
+    for name in ("learning_curves", "adaptation_curves"):
+        assert (tmp_path / "plots" / f"{name}.png").stat().st_size > 0
+        assert (tmp_path / "plots" / f"{name}.svg").stat().st_size > 0
+
+
+def test_eval_errors_are_one_line(tmp_path):
+    for args, fragment in ((["eval", str(tmp_path / "missing")], "does not exist"),
+                           (["eval", str(tmp_path)], "no checkpoint"),
+                           (["plot", str(tmp_path)], "not a run directory")):
+        result = cli(*args)
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert fragment in result.stderr
+
+
+def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
+    from conftest import tiny_config
+
+    from trmrl import checkpoint
+    from trmrl.errors import CheckpointError
+    from trmrl.train import load_trained, train
+
+    train(tiny_config(total_env_steps=80), tmp_path)
+    state = checkpoint.load(tmp_path / "checkpoint.pt")
+    state["config"]["model"]["d_model"] = 32
+    del state["format"]
+    checkpoint.save(tmp_path / "checkpoint.pt", state)
+    with pytest.raises(CheckpointError, match="does not match"):
+        load_trained(tmp_path)

@@ -1,0 +1,143 @@
+"""`trmrl plot`: learning curves (meta-test return vs env steps) and adaptation curves (return
+vs episode index of a trial) of several runs, seeds aggregated: mean and IQM with 95%
+stratified bootstrap confidence bands (`trmrl.stats`).
+
+Runs are grouped by their directory name without the seed suffix, so `runs/point-nav-s1-...`
+and `runs/point-nav-s2-...` form one curve and `runs/ant-dir-s1-...` another.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trmrl.errors import CheckpointError, ConfigError
+from trmrl.log import read_metrics
+from trmrl.stats import Aggregate, aggregate
+
+META_TEST = re.compile(r"meta_test/episode_(\d+)/return")
+
+
+def group_label(run_dir: Path) -> str:
+    """'point-nav-s2-20261124-055323' -> 'point-nav'; 'pn-w5-s3' -> 'pn-w5'."""
+    return re.sub(r"-s\d+(-\d{8}-\d{6})?$", "", run_dir.resolve().name)
+
+
+@dataclass
+class Run:
+    label: str
+    path: Path
+    curve: tuple[np.ndarray, np.ndarray]  # env steps (P,), meta-test return (P,)
+    adaptation: dict | None  # eval/<protocol>.json
+
+
+def load_run(path: Path, protocol: str) -> Run:
+    if not (path / "metrics.jsonl").is_file():
+        raise CheckpointError(f"{path} is not a run directory (no metrics.jsonl)")
+    records = read_metrics(path)
+    steps_per_epoch = records[0]["charts/env_steps"] // (records[0]["epoch"] + 1) if records else 0
+    steps, values = [], []
+    for record in records:
+        episodes = [v for k, v in record.items() if META_TEST.fullmatch(k)]
+        if episodes:
+            # the meta-test logged with epoch e ran before that epoch's sampling
+            steps.append(record["epoch"] * steps_per_epoch)
+            values.append(float(np.mean(episodes)))
+    result = path / "eval" / f"{protocol}.json"
+    adaptation = json.loads(result.read_text()) if result.is_file() else None
+    return Run(group_label(path), path, (np.array(steps), np.array(values)), adaptation)
+
+
+def _band(ax, x: np.ndarray, stats: list[Aggregate], which: str, label: str, color: str) -> None:
+    centre = np.array([getattr(s, which) for s in stats])
+    ci = np.array([getattr(s, f"{which}_ci") for s in stats])
+    ax.plot(x, centre, color=color, label=label, marker="o" if len(x) < 12 else None)
+    ax.fill_between(x, ci[:, 0], ci[:, 1], color=color, alpha=0.2, linewidth=0)
+
+
+def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Aggregate], int]], out: Path, name: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, (x, stats, n_runs)) in enumerate(sorted(groups.items())):
+        for ax, which in zip(axes, ("mean", "iqm")):
+            _band(ax, x, stats, which, f"{label} ({n_runs} runs)", colors[i % len(colors)])
+    for ax, which in zip(axes, ("Mean", "IQM")):
+        ax.set_title(f"{which}, 95% stratified bootstrap CI")
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("meta-test return")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.svg"]
+    for path in paths:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def learning_curves(runs: list[Run]) -> dict[str, tuple[np.ndarray, list[Aggregate], int]]:
+    """Per group: env steps at which every run has a meta-test, and the aggregate over runs."""
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        if len(run.curve[0]):
+            groups[run.label].append(run)
+    out = {}
+    for label, members in groups.items():
+        common = sorted(set.intersection(*(set(r.curve[0].tolist()) for r in members)))
+        if not common:
+            continue
+        scores = np.array([[dict(zip(r.curve[0].tolist(), r.curve[1]))[x] for x in common] for r in members])
+        out[label] = (np.array(common), [aggregate(scores[:, j, None]) for j in range(len(common))], len(members))
+    return out
+
+
+def adaptation_curves(runs: list[Run]) -> dict[str, tuple[np.ndarray, list[Aggregate], int]]:
+    """Per group and episode index: (runs, tasks) scores, stratified by task when every run was
+    evaluated on the same tasks, else one score (the mean over tasks) per run."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for run in runs:
+        if run.adaptation is not None:
+            groups[run.label].append(run.adaptation)
+    out = {}
+    for label, results in groups.items():
+        episodes = min(r["episodes"] for r in results)
+        returns = [np.array(r["returns"], dtype=float)[:, :episodes] for r in results]
+        same_tasks = all(r["tasks"] == results[0]["tasks"] for r in results)
+        stats = []
+        for k in range(episodes):
+            if same_tasks:
+                scores = np.stack([r[:, k] for r in returns])
+            else:
+                scores = np.array([[np.nanmean(r[:, k])] for r in returns])
+            stats.append(aggregate(scores))
+        out[label] = (np.arange(episodes), stats, len(results))
+    return out
+
+
+def plot_runs(run_dirs: list[Path], out: Path, protocol: str = "adaptation") -> list[Path]:
+    runs = [load_run(path, protocol) for path in run_dirs]
+    paths: list[Path] = []
+    learning = learning_curves(runs)
+    if learning:
+        paths += _figure("Meta-training: meta-test return (mean over the episodes of a trial)",
+                         "environment steps", learning, out, "learning_curves")
+    adaptation = adaptation_curves(runs)
+    if adaptation:
+        paths += _figure(f"Fast adaptation ({protocol}): return per episode of a trial on held-out tasks",
+                         "episode index within the trial", adaptation, out, "adaptation_curves")
+    if not paths:
+        raise ConfigError("nothing to plot: no meta-test in metrics.jsonl and no eval/"
+                          f"{protocol}.json in the given runs")
+    return paths
