@@ -115,9 +115,14 @@ def test_iqm_and_bootstrap_by_hand():
 def test_explicit_attention_equals_the_fused_path_and_is_causal():
     attn = CausalSelfAttention(16, 4)
     x = torch.randn(3, 5, 16)
-    fused, _ = attn(x)
     explicit, weights = attn(x, need_weights=True)
+    attn.fused = True
+    fused, _ = attn(x)
     assert torch.allclose(fused, explicit, atol=1e-5)
+    lengths = torch.tensor([1, 3, 5])
+    newest_fused = attn.newest(x, lengths)
+    attn.fused = False
+    assert torch.allclose(attn.newest(x, lengths), newest_fused, atol=1e-5)
     assert torch.allclose(weights.sum(-1), torch.ones(3, 4, 5))
     assert (weights.triu(1) == 0).all()
 

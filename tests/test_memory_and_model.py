@@ -152,3 +152,11 @@ def test_batched_update_path_equals_step_by_step_acting(scope, share):
         out = m(batch.windows, batch.lengths)
         assert torch.allclose(out.log_prob(batch.actions), rollout.log_probs.reshape(-1), atol=1e-5)
         assert torch.allclose(out.value, rollout.values.reshape(-1), atol=1e-5)
+
+
+def test_newest_only_last_layer_equals_the_full_forward():
+    net = CausalTransformer(16, 4, 32, 3, max_len=5)
+    x = torch.randn(6, 5, 16)
+    lengths = torch.tensor([1, 2, 3, 4, 5, 5])
+    full = net(x)[torch.arange(6), lengths - 1]
+    assert torch.allclose(net.latest(x, lengths), full, atol=1e-5)

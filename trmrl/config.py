@@ -84,6 +84,9 @@ class ModelConfig:
     share_network: bool = False
     """True: the value head reads the policy's latest memory (gradients reach the transformer).
     False: a separate value MLP reads the single augmented observation."""
+    newest_only_last_layer: bool = True
+    """Compute the last layer at the newest position only (the only output read); same result,
+    fewer FLOPs. False runs every position through every layer, as the original code."""
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_heads", "d_ff", "n_layers"):

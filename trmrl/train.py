@@ -40,8 +40,9 @@ class Learner:
         wd = config.ppo.weight_decay
         return cls(
             model,
-            torch.optim.AdamW(model.policy_parameters(), lr=config.ppo.policy_lr, weight_decay=wd),
-            torch.optim.AdamW(model.value_parameters(), lr=config.ppo.value_lr, weight_decay=wd),
+            # fused: one kernel for all parameters (the per-parameter loop costs ~1.7 ms a step here)
+            torch.optim.AdamW(model.policy_parameters(), lr=config.ppo.policy_lr, weight_decay=wd, fused=True),
+            torch.optim.AdamW(model.value_parameters(), lr=config.ppo.value_lr, weight_decay=wd, fused=True),
         )
 
     def set_learning_rates(self, config: TrainConfig, epoch: int) -> dict[str, float]:

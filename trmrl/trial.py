@@ -77,13 +77,13 @@ class TrialEnv(gym.Env[np.ndarray, np.ndarray]):
         obs, _ = self.env.reset(seed=seed)
         self._episode = 0
         self._step_in_episode = 0
-        return self._augment(obs, None, 0.0, 0.0), {"episode": 0}
+        return self._augment(obs, None, 0.0, 0.0), {"episode_index": 0}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._step_in_episode += 1
         truncated = truncated or self._step_in_episode >= self.max_episode_steps
-        info = dict(info, episode=self._episode, episode_end=terminated or truncated,
+        info = dict(info, episode_index=self._episode, episode_end=terminated or truncated,
                     episode_terminated=terminated)
         # An env that changes the action before applying it (e.g. clips it) reports what it applied,
         # and that is what the agent remembers; otherwise the raw action (the original MuJoCo setup).

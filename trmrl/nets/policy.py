@@ -70,8 +70,10 @@ class ActorCritic(nn.Module):
 
     def latest_memory(self, windows: Tensor, lengths: Tensor) -> Tensor:
         """windows (N, W, O), lengths (N,) in 1..W -> final-layer output at the newest slot (N, D)."""
-        out = self.transformer(self.embedding(windows))
-        return out[torch.arange(len(windows)), lengths - 1]
+        x = self.embedding(windows)
+        if self.config.newest_only_last_layer:
+            return self.transformer.latest(x, lengths)
+        return self.transformer(x)[torch.arange(len(windows)), lengths - 1]
 
     def forward(self, windows: Tensor, lengths: Tensor) -> PolicyOutput:
         memory = self.latest_memory(windows, lengths)
