@@ -7,7 +7,7 @@ same call can later run on remote workers without touching the algorithm.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -64,9 +64,6 @@ class Rollout:
     @property
     def num_steps(self) -> int:
         return self.rewards.numel()
-
-    def to_dict(self) -> dict[str, Tensor]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class TrialSampler:
