@@ -14,13 +14,15 @@ import statistics
 import sys
 from pathlib import Path
 
+from trmrl.log import read_metrics
+
 
 def _epoch_steps(record: dict[str, float]) -> float:
     return record["charts/sampling_sps"] * record["time/sampling"]
 
 
 def summarize(run_dir: Path) -> dict[str, float]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_metrics(run_dir)
     steady = records[1:] or records
     config = json.loads((run_dir / "config.json").read_text())
     median = lambda key: statistics.median(r[key] for r in steady)  # noqa: E731

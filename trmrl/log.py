@@ -66,7 +66,7 @@ class MetricLogger:
         self.path = run_dir / "metrics.jsonl"
         purge_step = None
         if completed_epochs is not None and self.path.exists():
-            records = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            records = read_metrics(run_dir)
             kept = [r for r in records if r["epoch"] < completed_epochs]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
             dropped = [r["charts/env_steps"] for r in records if r["epoch"] >= completed_epochs]

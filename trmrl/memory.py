@@ -32,9 +32,9 @@ class Window:
 
     def _pushed(self, x: Tensor) -> tuple[Tensor, Tensor]:
         full = self.length == self.window
+        # torch.where returns a new tensor, so writing the new input leaves self.buffer intact
         buffer = torch.where(full[:, None, None], self.buffer.roll(-1, dims=1), self.buffer)
         slot = self.length.clamp(max=self.window - 1)
-        buffer = buffer.clone()
         buffer[torch.arange(len(x)), slot] = x
         return buffer, (self.length + 1).clamp(max=self.window)
 
