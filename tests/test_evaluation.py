@@ -15,6 +15,7 @@ from trmrl.config import ModelConfig
 from trmrl.evaluate import EvalProtocol, InMemoryLearner, MetaTester, resolve_protocol
 from trmrl.nets.policy import ActorCritic
 from trmrl.nets.transformer import CausalSelfAttention
+from trmrl.protocols import Step
 from trmrl.seeding import Stream, numpy_rng
 from trmrl.stats import aggregate, iqm, stratified_bootstrap_ci
 from trmrl.tasks import make_task_distribution
@@ -32,7 +33,7 @@ def test_protocols_follow_the_paper():
     assert (resolve_protocol("adaptation", "cheetah-vel").n_tasks, resolve_protocol("adaptation", "x").episodes) == (20, 6)
     assert resolve_protocol("during-training", "x").n_tasks == 30
     ood = resolve_protocol("ood", "cheetah-vel", n_tasks=7)
-    tester = MetaTester(make_task_distribution("cheetah-vel"), ood, 5, 2, "episode", seed=0)
+    tester = MetaTester(make_task_distribution("cheetah-vel"), ood, 5, seed=0)
     velocities = [t.params[0] for t in tester.tasks()]
     assert len(velocities) == 7 and all(3 <= v <= 4 for v in velocities)
 
@@ -43,18 +44,20 @@ class Up:
     def __init__(self, speed=1.0):
         self.speed = speed
 
-    def act(self, windows, lengths, generator, deterministic=False):
-        n = len(windows)
-        return torch.tensor([[0.0, self.speed]]).repeat(n, 1), torch.zeros(n), torch.zeros(n)
+    def initial_state(self, n):
+        return None
 
-    def value(self, windows, lengths):
-        return torch.zeros(len(windows))
+    def act(self, inputs, state, starts, generators, deterministic=False):
+        n = len(inputs)
+        return Step(torch.tensor([[0.0, self.speed]]).repeat(n, 1), torch.zeros(n), torch.zeros(n)), None
+
+    def value(self, inputs, state, starts):
+        return torch.zeros(len(inputs))
 
 
 def scripted_tester(episodes, **kwargs):
     protocol = EvalProtocol("adaptation", n_tasks=3, episodes=episodes, **kwargs)
-    tester = MetaTester(make_task_distribution("point-nav"), protocol, max_episode_steps=4, window=2,
-                        memory_scope="trial", seed=0)
+    tester = MetaTester(make_task_distribution("point-nav"), protocol, max_episode_steps=4, seed=0)
     return tester
 
 

@@ -23,7 +23,8 @@ import torch
 from trmrl import checkpoint
 from trmrl.presets import get_preset
 from trmrl.sampler import TrialSampler
-from trmrl.train import CHECKPOINT, train
+from trmrl.train import train
+from trmrl.trial import forget_previous_episode
 
 FIXTURE = Path(__file__).parent / "fixtures" / "guard.pt"
 ROLLOUT_FIELDS = ("obs", "actions", "log_probs", "values", "rewards", "episode_start", "trial_start", "episode_end",
@@ -50,18 +51,22 @@ def record(preset: str, run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     """Everything the run computes, as tensors."""
     rollouts = []
     collect = TrialSampler.collect
+    config = guard_config(preset)
 
     def recording(self, *args, **kwargs):
         rollout = collect(self, *args, **kwargs)
-        rollouts.append({name: getattr(rollout, name).clone() for name in ROLLOUT_FIELDS})
+        fields = {name: getattr(rollout, name).clone() for name in ROLLOUT_FIELDS}
+        if config.model.memory_scope == "episode":  # the inputs as the policy saw them
+            fields["obs"] = forget_previous_episode(fields["obs"], rollout.episode_start, self.act_dim)
+        rollouts.append(fields)
         return rollout
 
     monkeypatch.setattr(TrialSampler, "collect", recording)
-    summary = train(guard_config(preset), run_dir)
+    summary = train(config, run_dir)
     monkeypatch.undo()
     return {
         "rollouts": rollouts,
-        "parameters": checkpoint.load(run_dir / CHECKPOINT)["model"],
+        "parameters": checkpoint.load(run_dir / "checkpoint.pt")["model"],
         "meta_test": torch.tensor([summary["return_per_episode"], summary["random_return_per_episode"]]),
     }
 

@@ -11,7 +11,8 @@ from trmrl.config import ModelConfig, PPOConfig
 from trmrl.memory import Window, gather_windows
 from trmrl.nets.policy import ActorCritic
 from trmrl.nets.transformer import CausalTransformer, sinusoidal_positions
-from trmrl.ppo import make_batch
+from trmrl.algos.trmrl import TrMRLPolicy, make_batch
+from trmrl.protocols import Starts
 from trmrl.sampler import TrialSampler
 from trmrl.tasks import make_task_distribution
 
@@ -23,15 +24,16 @@ def model(config=SMALL, obs_dim=4, act_dim=2, seed=0):
 
 
 def test_window_fills_left_aligned_then_slides():
-    w = Window(batch=1, window=3, dim=1, pad_value=-1.0)
+    w = Window.empty(batch=1, window=3, dim=1, pad_value=-1.0)
     seen = []
     for x in (1.0, 2.0, 3.0, 4.0):
-        w.push(torch.tensor([[x]]))
+        w = w.push(torch.tensor([[x]]))
         seen.append((w.buffer[0, :, 0].tolist(), int(w.length[0])))
     assert seen == [([1, -1, -1], 1), ([1, 2, -1], 2), ([1, 2, 3], 3), ([2, 3, 4], 3)]
-    w.clear(torch.tensor([True]))
-    w.push(torch.tensor([[5.0]]))
-    assert w.buffer[0, :, 0].tolist() == [5, -1, -1] and int(w.length[0]) == 1
+    before = w.buffer.clone()
+    cleared = w.push(torch.tensor([[5.0]]), clear=torch.tensor([True]))
+    assert cleared.buffer[0, :, 0].tolist() == [5, -1, -1] and int(cleared.length[0]) == 1
+    assert torch.equal(w.buffer, before)  # immutable: the old window is still there
 
 
 def test_gather_windows_equals_step_by_step_window():
@@ -41,10 +43,9 @@ def test_gather_windows_equals_step_by_step_window():
     clears = torch.rand(T, B, generator=gen) < 0.2
     clears[0] = True
     windows, lengths = gather_windows(inputs, clears, W, pad_value=7.0)
-    live = Window(B, W, O, pad_value=7.0)
+    live = Window.empty(B, W, O, pad_value=7.0)
     for t in range(T):
-        live.clear(clears[t])
-        live.push(inputs[t])
+        live = live.push(inputs[t], clear=clears[t])
         assert torch.equal(live.buffer, windows[t]) and torch.equal(live.length, lengths[t])
 
 
@@ -143,11 +144,12 @@ def test_parameter_count_matches_the_original_cheetah_vel_policy():
 def test_batched_update_path_equals_step_by_step_acting(scope, share):
     config = ModelConfig(d_model=16, n_heads=4, d_ff=32, n_layers=2, window=3, memory_scope=scope,
                          share_network=share)
-    sampler = TrialSampler(make_task_distribution("point-nav"), 4, 3, 4, window=3, memory_scope=scope)
+    sampler = TrialSampler(make_task_distribution("point-nav"), 4, 3, 4)
     m = model(config, obs_dim=sampler.obs_dim, act_dim=sampler.act_dim)
     tasks = make_task_distribution("point-nav").sample(np.random.default_rng(0), 4)
-    rollout = sampler.collect(m, tasks, [1, 2, 3, 4], torch.Generator().manual_seed(0))
-    batch = make_batch(rollout, PPOConfig(), window=3, memory_scope=scope)
+    policy = TrMRLPolicy(m, scope)
+    rollout = sampler.collect(policy, tasks, [1, 2, 3, 4], torch.Generator().manual_seed(0))
+    batch = make_batch(rollout, PPOConfig(), policy)
     with torch.no_grad():
         out = m(batch.windows, batch.lengths)
         assert torch.allclose(out.log_prob(batch.actions), rollout.log_probs.reshape(-1), atol=1e-5)
@@ -160,3 +162,18 @@ def test_newest_only_last_layer_equals_the_full_forward():
     lengths = torch.tensor([1, 2, 3, 4, 5, 5])
     full = net(x)[torch.arange(6), lengths - 1]
     assert torch.allclose(net.latest(x, lengths), full, atol=1e-5)
+
+
+@pytest.mark.parametrize("scope", ["episode", "trial"])
+def test_episode_scope_hides_the_previous_episode_from_the_policy(scope):
+    """The trial env reports a_{t-1}, r_{t-1} across an inner episode boundary; under the
+    episode scope the policy acts exactly as if they were zeros (the original code's input)."""
+    m = model(ModelConfig(d_model=16, n_heads=4, d_ff=32, n_layers=2, window=3, memory_scope=scope))
+    policy = TrMRLPolicy(m, scope)
+    carried = torch.tensor([[0.5, -0.2, -0.7, 1.0]])  # point-nav's input [a_{t-1} (2), r_{t-1}, d_{t-1}]
+    zeroed = torch.tensor([[0.0, 0.0, 0.0, 1.0]])
+    starts = Starts(episode=torch.tensor([True]), trial=torch.tensor([False]))
+    state = policy.initial_state(1).push(torch.randn(1, 4))
+    a = policy.value(carried, state, starts)
+    b = policy.value(zeroed, state, starts)
+    assert torch.equal(a, b) == (scope == "episode")

@@ -9,7 +9,8 @@ from conftest import tiny_config
 from trmrl import checkpoint
 from trmrl.errors import CheckpointError, DivergenceError
 from trmrl.log import read_metrics
-from trmrl.train import CHECKPOINT, train
+from trmrl.rundir import RunDir
+from trmrl.train import train
 
 
 def without_timing(records):
@@ -25,7 +26,7 @@ def test_run_directory_is_self_describing(tmp_path):
     assert [r["epoch"] for r in records] == [0, 1, 2, 3]
     assert "meta_test/episode_1/return" in records[0] and "meta_test/episode_0/return" not in records[1]
     assert list((tmp_path / "tb").iterdir())
-    assert checkpoint.load(tmp_path / CHECKPOINT)["epoch"] == 4
+    assert checkpoint.load(RunDir(tmp_path).checkpoint)["epoch"] == 4
     assert len(summary["return_per_episode"]) == 3
     assert json.loads((tmp_path / "eval" / "adaptation.json").read_text())["n_tasks"] == 4
     assert (tmp_path / "eval" / "adaptation-random.csv").exists()
@@ -46,8 +47,8 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     resumed = train(tiny_config(), tmp_path / "split", resume=True)
     assert resumed == full
     assert without_timing(read_metrics(tmp_path / "split")) == without_timing(read_metrics(tmp_path / "full"))
-    a = checkpoint.load(tmp_path / "full" / CHECKPOINT)["model"]
-    b = checkpoint.load(tmp_path / "split" / CHECKPOINT)["model"]
+    a = checkpoint.load(RunDir(tmp_path / "full").checkpoint)["model"]
+    b = checkpoint.load(RunDir(tmp_path / "split").checkpoint)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -65,7 +66,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mo
     monkeypatch.setattr(ppo, "clipped_surrogate", poisoned)
     with pytest.raises(DivergenceError, match="non-finite policy loss.*last good checkpoint kept"):
         train(tiny_config(), tmp_path)
-    state = checkpoint.load(tmp_path / CHECKPOINT)
+    state = checkpoint.load(RunDir(tmp_path).checkpoint)
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 

@@ -5,17 +5,17 @@ import pytest
 import torch
 
 from trmrl.evaluate import RandomPolicy
+from trmrl.protocols import Starts, Step
 from trmrl.sampler import TrialSampler, episode_returns
 from trmrl.tasks import Task, make_task_distribution
 from trmrl.tasks.toy import PointNavEnv
-from trmrl.trial import TrialEnv
+from trmrl.trial import TrialEnv, forget_previous_episode
 
 GOAL = Task("goal", (0.0, 1.0))
 
 
-@pytest.mark.parametrize("carry", [False, True])
-def test_augmented_observations_across_an_episode_boundary(carry):
-    env = TrialEnv(PointNavEnv(observe_position=True), episodes_per_trial=2, max_episode_steps=2, carry_across_episodes=carry)
+def test_augmented_observations_across_an_episode_boundary():
+    env = TrialEnv(PointNavEnv(observe_position=True), episodes_per_trial=2, max_episode_steps=2)
     obs, _ = env.reset(seed=0, options={"task": GOAL})
     assert obs.tolist() == [0, 0, 0, 0, 0, 0]  # [s, a, r, d]: zeros before the first action
     obs, r1, term, trunc, info = env.step(np.array([0.0, 1.0]))
@@ -23,29 +23,41 @@ def test_augmented_observations_across_an_episode_boundary(carry):
     obs, r2, term, trunc, info = env.step(np.array([3.0, 0.0]))  # applied (and remembered) as [1, 0]
     assert info["episode_end"] and not info["episode_terminated"] and not (term or trunc)
     assert np.allclose(info["final_observation"][:2], [0.1, 0.1])
-    carried = [1, 0, r2] if carry else [0, 0, 0]
-    assert np.allclose(obs, [0, 0, *carried, 1])  # back at the start, boundary flag 1
+    assert np.allclose(obs, [0, 0, 1, 0, r2, 1])  # back at the start, the last a and r, boundary flag 1
+    hidden = forget_previous_episode(torch.as_tensor(obs), torch.tensor(True), act_dim=2)
+    assert hidden.tolist() == [0, 0, 0, 0, 0, 1]  # what a policy with episode-scoped memory sees
     env.step(np.zeros(2))
     *_, term, trunc, _ = env.step(np.zeros(2))
     assert trunc and not term  # the trial ends with the time limit of its last episode
 
 
 class ConstantPolicy:
-    """Always moves up: returns on point-nav are computable by hand."""
+    """Always moves up: returns on point-nav are computable by hand. Its state counts the steps
+    since the last trial start, to check that the sampler carries the state and passes the starts."""
 
-    def act(self, windows, lengths, generator, deterministic=False):
-        n = len(windows)
-        return torch.tensor([[0.0, 1.0]]).repeat(n, 1), torch.zeros(n), torch.zeros(n)
+    def initial_state(self, n):
+        return torch.zeros(n, dtype=torch.long)
 
-    def value(self, windows, lengths):
-        return torch.full((len(windows),), 0.5)
+    def act(self, inputs, state, starts, generators, deterministic=False):
+        n = len(inputs)
+        state = torch.where(starts.trial, 0, state) + 1
+        self.seen.append(state.clone())
+        return Step(torch.tensor([[0.0, 1.0]]).repeat(n, 1), torch.zeros(n), torch.zeros(n)), state
+
+    def value(self, inputs, state, starts):
+        return torch.full((len(inputs),), 0.5)
+
+    def __init__(self):
+        self.seen = []
 
 
 def test_rollout_flags_and_episode_returns_with_a_scripted_policy():
     dist = make_task_distribution("point-nav")
-    sampler = TrialSampler(dist, n_envs=2, episodes_per_trial=3, max_episode_steps=4, window=2, memory_scope="episode")
+    sampler = TrialSampler(dist, n_envs=2, episodes_per_trial=3, max_episode_steps=4)
     tasks = [GOAL, Task("goal", (1.0, 0.0))]
-    rollout = sampler.collect(ConstantPolicy(), tasks, [0, 1], None)
+    policy = ConstantPolicy()
+    rollout = sampler.collect(policy, tasks, [0, 1], None)
+    assert [int(s[0]) for s in policy.seen] == list(range(1, 13))  # one trial: never reset
     assert rollout.rewards.shape == (12, 2) and rollout.obs.shape == (12, 2, 4)  # [a, r, d]
     assert rollout.episode_start[:, 0].nonzero().flatten().tolist() == [0, 4, 8]
     assert rollout.episode_end[:, 0].nonzero().flatten().tolist() == [3, 7, 11]
@@ -61,5 +73,7 @@ def test_rollout_flags_and_episode_returns_with_a_scripted_policy():
 
 def test_random_policy_stays_in_the_action_box():
     policy = RandomPolicy(np.array([-1.0, -2.0]), np.array([1.0, 0.0]))
-    a, _, _ = policy.act(torch.zeros(500, 1, 3), torch.ones(500, dtype=torch.long), torch.Generator().manual_seed(0))
+    starts = Starts(torch.ones(500, dtype=torch.bool), torch.ones(500, dtype=torch.bool))
+    step, _ = policy.act(torch.zeros(500, 3), None, starts, torch.Generator().manual_seed(0))
+    a = step.actions
     assert (a[:, 0] >= -1).all() and (a[:, 0] <= 1).all() and (a[:, 1] >= -2).all() and (a[:, 1] <= 0).all()

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trmrl.algos.trmrl import TrMRLPolicy, make_windows
 from trmrl.evaluate import MetaTester
-from trmrl.memory import gather_windows
 from trmrl.nets.policy import ActorCritic
 from trmrl.seeding import env_seeds, torch_generator
 
@@ -29,7 +29,7 @@ def attention_by_age(model: ActorCritic, windows: torch.Tensor, lengths: torch.T
     return torch.where(valid[:, None, None, :], by_age, torch.nan).numpy()
 
 
-def save_attention(model: ActorCritic, tester: MetaTester, out_dir: Path) -> list[Path]:
+def save_attention(policy: TrMRLPolicy, tester: MetaTester, out_dir: Path) -> list[Path]:
     """Run one trial on the protocol's first task; save attention.npz and attention.png."""
     import matplotlib
 
@@ -38,11 +38,10 @@ def save_attention(model: ActorCritic, tester: MetaTester, out_dir: Path) -> lis
 
     p = tester.protocol
     task = tester.tasks()[0]
-    rollout = tester.sampler.collect(model, [task], env_seeds(tester.seed, p.env_stream, 0, 1),
+    rollout = tester.sampler.collect(policy, [task], env_seeds(tester.seed, p.env_stream, 0, 1),
                                      torch_generator(tester.seed, p.action_stream, 0), p.deterministic)
-    scope = tester.sampler.memory_scope
-    windows, lengths = gather_windows(rollout.obs, rollout.clears(scope), tester.sampler.window)
-    weights = attention_by_age(model, windows[:, 0], lengths[:, 0])  # (T, L, H, W)
+    windows, lengths = make_windows(rollout, policy)
+    weights = attention_by_age(policy.model, windows[:, 0], lengths[:, 0])  # (T, L, H, W)
     out_dir.mkdir(parents=True, exist_ok=True)
     npz = out_dir / "attention.npz"
     np.savez(npz, weights=weights, lengths=lengths[:, 0].numpy(), rewards=rollout.rewards[:, 0].numpy(),

@@ -10,12 +10,12 @@ import contextlib
 import io
 import re
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from trmrl.config import TrainConfig
-from trmrl.errors import CheckpointError, ConfigError, TrmrlError
+from trmrl.errors import ConfigError, TrmrlError
+from trmrl.rundir import RunDir
 
 USAGE = """usage:
   trmrl train [PRESET] [--FIELD VALUE ...]   meta-train, then meta-test (default preset: {default})
@@ -23,7 +23,8 @@ USAGE = """usage:
   trmrl eval RUN_DIR|CHECKPOINT [--protocol during-training|adaptation|ood] [--n-tasks N]
              [--episodes K] [--sampled] [--seed S] [--attention]
   trmrl plot RUN_DIR [RUN_DIR ...] [--out DIR]   learning and adaptation curves over seeds
-  trmrl presets                               list the named presets
+  trmrl presets                               list the named presets and task distributions
+  trmrl algos                                 list the algorithms (trmrl train PRESET --algo NAME)
   trmrl train PRESET --help                   every field, with its default in that preset
 """
 
@@ -60,10 +61,6 @@ def _one_line(report: str) -> str:
     return " ".join(lines[1:] if len(lines) > 1 else lines) or "invalid arguments"
 
 
-def _default_run_dir(config: TrainConfig) -> Path:
-    return Path("runs") / f"{config.preset}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
 def _print_summary(summary: dict, run_dir: Path) -> None:
     if summary:
         print(f"\nmeta-test: {summary['n_tasks']} held-out tasks, trials of {summary['episodes']} episodes "
@@ -86,7 +83,7 @@ def train_command(args: list[str]) -> None:
             ns = parser.parse_args(args)
         except argparse.ArgumentError as exc:
             raise ConfigError(str(exc)) from None
-        config = load_run_config(ns.resume)
+        config = RunDir(ns.resume).read_config()
         changes = {k: v for k, v in (("total_env_steps", ns.total_env_steps), ("progress", ns.progress)) if v is not None}
         config = _replace(config, **changes)
         summary = train(config, ns.resume, resume=True)
@@ -97,8 +94,8 @@ def train_command(args: list[str]) -> None:
     preset = args[0] if args and not args[0].startswith("-") else DEFAULT_PRESET
     rest = args[1:] if args and not args[0].startswith("-") else args
     config = _parse_config(preset, rest)
-    run_dir = config.run_dir or _default_run_dir(config)
-    if (run_dir / "checkpoint.pt").exists():
+    run_dir = config.run_dir or RunDir.default(config).root
+    if RunDir(run_dir).checkpoint.exists():
         raise ConfigError(f"{run_dir} already holds a run; continue it with: trmrl train --resume {run_dir}")
     config = _replace(config, run_dir=run_dir, preset=preset)
     print(f"run directory: {run_dir}")
@@ -111,21 +108,6 @@ def _replace(config: TrainConfig, **changes: object) -> TrainConfig:
     return dataclasses.replace(config, **changes)
 
 
-def load_run_config(run_dir: Path) -> TrainConfig:
-    """The resolved config a run directory was started with."""
-    import json
-
-    from trmrl.config import from_dict
-
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a run directory (no config.json)")
-    try:
-        return from_dict(TrainConfig, json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise CheckpointError(f"unreadable {path}: {exc}") from None
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse that raises ConfigError (one line) instead of printing usage and exiting."""
 
@@ -134,6 +116,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def eval_command(args: list[str]) -> None:
+    from trmrl.algos.trmrl import TrMRL
     from trmrl.evaluate import PROTOCOLS, MetaTester, resolve_protocol
     from trmrl.tasks import make_task_distribution
     from trmrl.train import load_trained
@@ -150,14 +133,15 @@ def eval_command(args: list[str]) -> None:
     for name in ("n_tasks", "episodes"):
         if getattr(ns, name) is not None and getattr(ns, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
-    config, model, run_dir = load_trained(ns.path)
+    config, algorithm, run = load_trained(ns.path)
+    if ns.attention and not isinstance(algorithm, TrMRL):
+        raise ConfigError(f"--attention shows TrMRL's attention; this run's algorithm is '{config.algo}'")
     protocol = resolve_protocol(ns.protocol, config.task.name, n_tasks=ns.n_tasks, episodes=ns.episodes,
                                 deterministic=not ns.sampled)
     seed = config.seed if ns.seed is None else ns.seed
-    tester = MetaTester(make_task_distribution(config.task.name), protocol, config.task.max_episode_steps,
-                        config.model.window, config.model.memory_scope, seed)
-    result = tester.run(model)
-    json_path, csv_path = result.write(run_dir / "eval")
+    tester = MetaTester(make_task_distribution(config.task.name), protocol, config.task.max_episode_steps, seed)
+    result = tester.run(algorithm.meta_learner())
+    json_path, csv_path = result.write(run.eval)
     print(f"{protocol.name}: {protocol.n_tasks} held-out tasks of {tester.distribution.name} (seed {seed}), "
           f"trials of {protocol.episodes} episodes, {'mean' if protocol.deterministic else 'sampled'} actions")
     print("episode     mean   95% CI                  IQM   95% CI" + ("            success" if result.successes is not None else ""))
@@ -172,7 +156,7 @@ def eval_command(args: list[str]) -> None:
     if ns.attention:
         from trmrl.attention import save_attention
 
-        for path in save_attention(model, tester, run_dir / "eval"):
+        for path in save_attention(algorithm.policy, tester, run.eval):
             print(f"wrote {path}")
 
 
@@ -205,8 +189,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args[0] == "presets":
             for name, (description, _) in PRESETS.items():
                 print(f"{name:<14} {description}")
+        elif args[0] == "algos":
+            from trmrl.algos import ALGORITHMS
+
+            for name, (summary, _) in ALGORITHMS.items():
+                print(f"{name:<14} {summary}")
         else:
-            raise ConfigError(f"unknown command '{args[0]}'; commands: train, eval, plot, presets")
+            raise ConfigError(f"unknown command '{args[0]}'; commands: train, eval, plot, presets, algos")
     except TrmrlError as exc:
         print(f"trmrl: error: {exc}", file=sys.stderr)
         return 2

@@ -189,6 +189,8 @@ class TrainConfig:
 
     preset: tyro.conf.Suppress[str] = "point-nav"
     """Name of the preset this config started from (recorded in the run directory)."""
+    algo: str = "trmrl"
+    """Meta-RL algorithm (`trmrl algos` lists them); the preset's when omitted."""
     seed: int = 1
     """Root of every random stream (tasks, env resets, actions, minibatches, init)."""
     total_env_steps: int = 400_000
@@ -207,6 +209,9 @@ class TrainConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
+        from trmrl.algos import check_name
+
+        check_name(self.algo)
         _require(self.total_env_steps >= 1, "total_env_steps must be >= 1")
         _require(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
         _require(self.torch_threads >= 0, "torch_threads must be >= 0")

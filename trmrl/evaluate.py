@@ -14,44 +14,32 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from trmrl.config import MemoryScope
+from trmrl.config import TrainConfig
 from trmrl.errors import ConfigError
-from trmrl.sampler import Policy, Rollout, TrialSampler, episode_returns, episode_successes, first_episode_rewards
+from trmrl.protocols import MetaLearner, Policy, Starts, Step
+from trmrl.sampler import Rollout, TrialSampler, episode_returns, episode_successes, first_episode_rewards
 from trmrl.seeding import Stream, env_seeds, numpy_rng, torch_generator
 from trmrl.stats import aggregate
 from trmrl.tasks import Task, TaskDistribution, make_task_distribution
-
-
-class MetaLearner(Protocol):
-    """What the evaluator needs of a meta-learner."""
-
-    adapts_in_memory: bool
-    """True: one trial of K episodes is exploration, adaptation and evaluation at once."""
-
-    def exploration_policy(self) -> Policy: ...
-
-    def adapt(self, policy: Policy, exploration: Rollout) -> Policy:
-        """A policy adapted to the task of `exploration` (one task, B = 1)."""
-        ...
 
 
 @dataclass
 class InMemoryLearner:
     """TrMRL and RL^2: adaptation happens in the policy's memory within a trial."""
 
-    policy: Policy
+    policy: Policy[Any]
     adapts_in_memory: bool = True
 
-    def exploration_policy(self) -> Policy:
+    def exploration_policy(self) -> Policy[Any]:
         return self.policy
 
-    def adapt(self, policy: Policy, exploration: Rollout) -> Policy:
+    def adapt(self, policy: Policy[Any], exploration: Rollout) -> Policy[Any]:
         return policy
 
 
@@ -179,24 +167,21 @@ class MetaTester:
         distribution: TaskDistribution,
         protocol: EvalProtocol,
         max_episode_steps: int,
-        window: int,
-        memory_scope: MemoryScope,
         seed: int,
     ) -> None:
         self.distribution = make_task_distribution(protocol.distribution) if protocol.distribution else distribution
         self.protocol = protocol
         self.seed = seed
         self.max_episode_steps = max_episode_steps
-        self.sampler = TrialSampler(self.distribution, protocol.n_tasks, protocol.episodes, max_episode_steps,
-                                    window, memory_scope)
-        self._single = TrialSampler(self.distribution, 1, 1, max_episode_steps, window, memory_scope)
+        self.sampler = TrialSampler(self.distribution, protocol.n_tasks, protocol.episodes, max_episode_steps)
+        self._single = TrialSampler(self.distribution, 1, 1, max_episode_steps)
         self.has_success = bool(getattr(self.distribution, "has_success", False))
 
     def tasks(self, index: int = 0) -> Sequence[Task]:
         p = self.protocol
         return self.distribution.sample(numpy_rng(self.seed, p.task_stream, index), p.n_tasks)
 
-    def run(self, learner: MetaLearner | Policy, index: int = 0) -> MetaTestResult:
+    def run(self, learner: MetaLearner | Policy[Any], index: int = 0) -> MetaTestResult:
         """Meta-test on the protocol's tasks for evaluation number `index` (fresh tasks per index)."""
         if not hasattr(learner, "adapts_in_memory"):
             learner = InMemoryLearner(learner)  # type: ignore[arg-type]
@@ -234,18 +219,41 @@ class MetaTester:
 
 
 class RandomPolicy:
-    """Uniform actions in [low, high]: the floor every meta-learner must beat."""
+    """Uniform actions in [low, high]: the floor every meta-learner must beat. Stateless."""
 
     def __init__(self, low: np.ndarray, high: np.ndarray) -> None:
         self.low = torch.as_tensor(low, dtype=torch.float32)
         self.high = torch.as_tensor(high, dtype=torch.float32)
 
-    def act(
-        self, windows: Tensor, lengths: Tensor, generator: torch.Generator | None, deterministic: bool = False
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        u = torch.rand((len(windows), len(self.low)), generator=generator)
-        zeros = torch.zeros(len(windows))
-        return self.low + u * (self.high - self.low), zeros, zeros
+    def initial_state(self, n: int) -> None:
+        return None
 
-    def value(self, windows: Tensor, lengths: Tensor) -> Tensor:
-        return torch.zeros(len(windows))
+    def act(
+        self, inputs: Tensor, state: None, starts: Starts, generators: Sequence[torch.Generator] | None,
+        deterministic: bool = False,
+    ) -> tuple[Step, None]:
+        u = torch.rand((len(inputs), len(self.low)), generator=generators)
+        zeros = torch.zeros(len(inputs))
+        return Step(self.low + u * (self.high - self.low), zeros, zeros), None
+
+    def value(self, inputs: Tensor, state: None, starts: Starts) -> Tensor:
+        return torch.zeros(len(inputs))
+
+
+def final_meta_test(config: TrainConfig, learner: MetaLearner, distribution: TaskDistribution,
+                    eval_dir: Path) -> dict[str, Any]:
+    """The fast-adaptation protocol on held-out tasks, beside a random policy on the same tasks;
+    written to eval_dir/adaptation.{json,csv} and eval_dir/adaptation-random.{json,csv}."""
+    e = config.eval
+    tester = MetaTester(distribution, final_test(e.final_n_tasks, e.final_episodes, e.deterministic),
+                        config.task.max_episode_steps, config.seed)
+    result = tester.run(learner)
+    space = tester.sampler.envs[0].action_space
+    random = tester.run(RandomPolicy(space.low, space.high))
+    result.write(eval_dir, "adaptation")
+    random.write(eval_dir, "adaptation-random")
+    return {
+        "n_tasks": e.final_n_tasks, "episodes": e.final_episodes, "deterministic": e.deterministic,
+        "return_per_episode": np.nanmean(result.returns, axis=0).tolist(),
+        "random_return_per_episode": np.nanmean(random.returns, axis=0).tolist(),
+    }

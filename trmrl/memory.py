@@ -12,39 +12,43 @@ update can rebuild every window exactly from the stored inputs (`gather_windows`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 
+@dataclass(frozen=True)
 class Window:
-    """Sliding windows of B trials at once: buffer (B, W, O), valid lengths (B,)."""
+    """Sliding windows of B trials at once: buffer (B, W, O), valid lengths (B,). Immutable:
+    `push` returns the next window, so the sampler can carry it as the policy's state and a value
+    can be read for a hypothetical input without touching it."""
 
-    def __init__(self, batch: int, window: int, dim: int, pad_value: float = 0.0) -> None:
-        self.window = window
-        self.pad_value = pad_value
-        self.buffer = torch.full((batch, window, dim), pad_value)
-        self.length = torch.zeros(batch, dtype=torch.long)
+    buffer: Tensor
+    length: Tensor
+    pad_value: float = 0.0
 
-    def clear(self, mask: Tensor) -> None:
-        """Empty the windows where mask (B,) is True."""
-        self.buffer[mask] = self.pad_value
-        self.length[mask] = 0
+    @classmethod
+    def empty(cls, batch: int, window: int, dim: int, pad_value: float = 0.0) -> Window:
+        return cls(torch.full((batch, window, dim), pad_value), torch.zeros(batch, dtype=torch.long), pad_value)
 
-    def _pushed(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        full = self.length == self.window
+    @property
+    def window(self) -> int:
+        return self.buffer.shape[1]
+
+    def push(self, x: Tensor, clear: Tensor | None = None) -> Window:
+        """Empty the windows where `clear` (B,) is True, then append one input (B, O) to every
+        window, dropping the oldest from full ones."""
+        buffer, length = self.buffer, self.length
+        if clear is not None:
+            buffer = torch.where(clear[:, None, None], self.pad_value, buffer)
+            length = torch.where(clear, 0, length)
+        full = length == self.window
         # torch.where returns a new tensor, so writing the new input leaves self.buffer intact
-        buffer = torch.where(full[:, None, None], self.buffer.roll(-1, dims=1), self.buffer)
-        slot = self.length.clamp(max=self.window - 1)
+        buffer = torch.where(full[:, None, None], buffer.roll(-1, dims=1), buffer)
+        slot = length.clamp(max=self.window - 1)
         buffer[torch.arange(len(x)), slot] = x
-        return buffer, (self.length + 1).clamp(max=self.window)
-
-    def push(self, x: Tensor) -> None:
-        """Append one input (B, O) to every window, dropping the oldest from full ones."""
-        self.buffer, self.length = self._pushed(x)
-
-    def peek(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The (windows, lengths) `push(x)` would produce, leaving this window unchanged."""
-        return self._pushed(x)
+        return Window(buffer, (length + 1).clamp(max=self.window), self.pad_value)
 
 
 def gather_windows(inputs: Tensor, clears: Tensor, window: int, pad_value: float = 0.0) -> tuple[Tensor, Tensor]:

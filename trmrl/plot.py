@@ -18,6 +18,7 @@ import numpy as np
 
 from trmrl.errors import CheckpointError, ConfigError
 from trmrl.log import read_metrics
+from trmrl.rundir import RunDir
 from trmrl.stats import Aggregate, aggregate
 
 META_TEST = re.compile(r"meta_test/episode_(\d+)/return")
@@ -37,7 +38,8 @@ class Run:
 
 
 def load_run(path: Path, protocol: str) -> Run:
-    if not (path / "metrics.jsonl").is_file():
+    run = RunDir(path)
+    if not run.metrics.is_file():
         raise CheckpointError(f"{path} is not a run directory (no metrics.jsonl)")
     records = read_metrics(path)
     steps_per_epoch = records[0]["charts/env_steps"] // (records[0]["epoch"] + 1) if records else 0
@@ -48,7 +50,7 @@ def load_run(path: Path, protocol: str) -> Run:
             # the meta-test logged with epoch e ran before that epoch's sampling
             steps.append(record["epoch"] * steps_per_epoch)
             values.append(float(np.mean(episodes)))
-    result = path / "eval" / f"{protocol}.json"
+    result = run.eval_result(protocol)
     adaptation = json.loads(result.read_text()) if result.is_file() else None
     return Run(group_label(path), path, (np.array(steps), np.array(values)), adaptation)
 

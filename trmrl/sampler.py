@@ -8,44 +8,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from trmrl.config import MemoryScope
 from trmrl.errors import DivergenceError
-from trmrl.memory import Window
+from trmrl.protocols import Policy, Starts
 from trmrl.tasks.base import Task, TaskDistribution
 from trmrl.trial import TrialEnv
-
-
-class Policy(Protocol):
-    """What the sampler needs of an agent. windows (B, W, O), lengths (B,)."""
-
-    def act(
-        self, windows: Tensor, lengths: Tensor, generator: torch.Generator | None, deterministic: bool = False
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """-> actions (B, A), log-probs (B,), values (B,)."""
-        ...
-
-    def value(self, windows: Tensor, lengths: Tensor) -> Tensor:
-        """-> values (B,)."""
-        ...
 
 
 @dataclass
 class Rollout:
     """T steps of B trials (one task each). Every tensor is (T, B, ...).
 
-    Step t's input obs[t] was pushed into the window after clearing it where the memory scope
-    says (`clears`); the flags say what happened *after* step t's action.
+    obs[t] is what the trial env gave at step t; the flags say what happened *after* step t's
+    action, except the two start flags, which say where step t begins an episode / a trial.
     """
 
     obs: Tensor  # (T, B, O) augmented observations [s_t, a_{t-1}, r_{t-1}, d_{t-1}]
     actions: Tensor  # (T, B, A) actions sent to the envs
-    log_probs: Tensor  # (T, B) log pi(a_t | window_t) at sampling time
+    log_probs: Tensor  # (T, B) log pi(a_t | memory_t) at sampling time
     values: Tensor  # (T, B) V at sampling time
     rewards: Tensor  # (T, B)
     episode_start: Tensor  # (T, B) bool: step t is the first of an episode
@@ -57,40 +42,35 @@ class Rollout:
     # after step t, and V(next observation) at t = T-1 where the trial goes on; 0 elsewhere
     success: Tensor | None = None  # (T, B) bool: the env reported info["success"] after step t
 
-    def clears(self, scope: MemoryScope) -> Tensor:
-        """(T, B) bool: where the window is cleared before step t's input, under `scope`."""
-        return self.episode_start if scope == "episode" else self.trial_start
-
     @property
     def num_steps(self) -> int:
         return self.rewards.numel()
 
 
+def rollout_metrics(rollout: Rollout) -> dict[str, float]:
+    """Mean return of the episodes and trials that ended in this rollout."""
+    episodes = int(rollout.episode_end.sum())
+    trials = int(rollout.trial_end.sum())
+    total = float(rollout.rewards.sum())
+    return {"charts/episode_return": total / max(episodes, 1), "charts/trial_return": total / max(trials, 1),
+            "charts/episodes": float(episodes)}
+
+
 class TrialSampler:
-    """B trial envs of one task distribution, stepped in lockstep."""
+    """B trial envs of one task distribution, stepped in lockstep; the policy is called once per
+    step on all B, and its state is carried from step to step without being looked into."""
 
     def __init__(
-        self,
-        distribution: TaskDistribution,
-        n_envs: int,
-        episodes_per_trial: int,
-        max_episode_steps: int,
-        window: int,
-        memory_scope: MemoryScope,
+        self, distribution: TaskDistribution, n_envs: int, episodes_per_trial: int, max_episode_steps: int
     ) -> None:
-        self.envs = [
-            TrialEnv(distribution.make_env(), episodes_per_trial, max_episode_steps, memory_scope == "trial")
-            for _ in range(n_envs)
-        ]
-        self.window = window
-        self.memory_scope: MemoryScope = memory_scope
+        self.envs = [TrialEnv(distribution.make_env(), episodes_per_trial, max_episode_steps) for _ in range(n_envs)]
         self.steps_per_trial = episodes_per_trial * max_episode_steps
         self.obs_dim = self.envs[0].observation_space.shape[0]
         self.act_dim = self.envs[0].action_space.shape[0]
 
     def collect(
         self,
-        policy: Policy,
+        policy: Policy[Any],
         tasks: Sequence[Task],
         env_seeds: Sequence[int],
         generator: torch.Generator | None,
@@ -114,25 +94,23 @@ class TrialSampler:
 
         current = np.stack([env.reset(seed=s, options={"task": task})[0]
                             for env, s, task in zip(envs, env_seeds, tasks)])
-        episode_start = torch.ones(n, dtype=torch.bool)
-        trial_start = torch.ones(n, dtype=torch.bool)
-        memory = Window(n, self.window, self.obs_dim)
+        starts = Starts(episode=torch.ones(n, dtype=torch.bool), trial=torch.ones(n, dtype=torch.bool))
+        state = policy.initial_state(n)
         step_rewards = np.zeros(n)
         final = np.zeros_like(current)
         episode_end = np.zeros(n, dtype=bool)
         terminated = np.zeros(n, dtype=bool)
         trial_end = np.zeros(n, dtype=bool)
+        no_start = Starts(episode=torch.zeros(n, dtype=torch.bool), trial=torch.zeros(n, dtype=torch.bool))
         for t in range(steps):
             x = torch.from_numpy(current)
-            memory.clear(episode_start if self.memory_scope == "episode" else trial_start)
-            memory.push(x)
-            action, log_prob, value = policy.act(memory.buffer, memory.length, generator, deterministic)
-            if not torch.isfinite(action).all():
+            step, state = policy.act(x, state, starts, generator, deterministic)
+            if not torch.isfinite(step.actions).all():
                 raise DivergenceError("the policy produced a non-finite action")
-            obs[t], actions[t], log_probs[t], values[t] = x, action, log_prob, value
-            flags["episode_start"][t], flags["trial_start"][t] = episode_start, trial_start
+            obs[t], actions[t], log_probs[t], values[t] = x, step.actions, step.log_probs, step.values
+            flags["episode_start"][t], flags["trial_start"][t] = starts.episode, starts.trial
 
-            action_np = action.double().numpy()
+            action_np = step.actions.double().numpy()
             for b, env in enumerate(envs):
                 nxt, step_rewards[b], term, trunc, info = env.step(action_np[b])
                 episode_end[b], terminated[b] = info["episode_end"], info["episode_terminated"]
@@ -146,22 +124,21 @@ class TrialSampler:
             flags["trial_end"][t] = torch.from_numpy(trial_end)
             flags["success"][t] = torch.from_numpy(success)
 
-            # Time limits are truncations: keep V(final observation) to bootstrap from.
+            # Time limits are truncations: keep V(final observation) to bootstrap from. The final
+            # observation continues the episode that just ended, so nothing starts there.
             truncated = flags["episode_end"][t] & ~flags["terminated"][t]
             if truncated.any():
                 with torch.no_grad():
-                    v_final = policy.value(*memory.peek(torch.from_numpy(final)))
+                    v_final = policy.value(torch.from_numpy(final), state, no_start)
                 bootstrap[t] = torch.where(truncated, v_final, 0.0)
-            episode_start = flags["episode_end"][t].clone()
-            trial_start = flags["trial_end"][t].clone()
+            starts = Starts(episode=flags["episode_end"][t].clone(), trial=flags["trial_end"][t].clone())
 
         # A trial still running when the rollout stops mid-episode is cut off there: bootstrap
         # from V(next observation). (An episode that ended exactly at the cut keeps its own.)
         running = ~flags["trial_end"][-1] & ~flags["episode_end"][-1]
         if running.any():
-            memory.clear(episode_start if self.memory_scope == "episode" else trial_start)
             with torch.no_grad():
-                v_next = policy.value(*memory.peek(torch.from_numpy(current)))
+                v_next = policy.value(torch.from_numpy(current), state, starts)
             bootstrap[-1] = torch.where(running, v_next, bootstrap[-1])
         return Rollout(obs, actions, log_probs, values, rewards, bootstrap_values=bootstrap, **flags)
 

@@ -8,6 +8,7 @@ state: epoch k's tasks, env resets, actions and minibatches depend only on (seed
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -46,3 +47,11 @@ def torch_generator(seed: int, stream: Stream, index: int = 0) -> torch.Generato
 def env_seeds(seed: int, stream: Stream, index: int, n: int) -> list[int]:
     """One reset seed per env, for the trials of one epoch."""
     return [int(s) for s in seed_sequence(seed, stream, index).generate_state(n, dtype=np.uint32)]
+
+
+def gaussian_noise(generators: Sequence[torch.Generator] | torch.Generator | None, shape: torch.Size) -> torch.Tensor:
+    """Standard normal noise of `shape` (B, ...): row b from generators[b], so each env's actions
+    depend on its own stream only (a single generator draws all rows)."""
+    if generators is None or isinstance(generators, torch.Generator):
+        return torch.randn(shape, generator=generators)
+    return torch.stack([torch.randn(shape[1:], generator=g) for g in generators])

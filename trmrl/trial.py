@@ -3,9 +3,9 @@
 The observation at step t is the augmented observation [s_t, a_{t-1}, r_{t-1}, d_{t-1}]:
 `d_{t-1}` = 1 on the first step of every episode after the first one of the trial (the real
 episode-boundary flag; the original code fed a constant 0). At a trial start a, r, d are zeros.
-At a later episode start a and r are those of the previous episode's last step when
-`carry_across_episodes` is set (trial memory scope), and zeros otherwise (episode scope: the
-original code, where nothing of a previous episode reaches the policy).
+At a later episode start a and r are those of the previous episode's last step: the env reports
+what happened, and a policy whose memory must not span episodes (TrMRL's `episode` scope, the
+original code) hides them with `forget_previous_episode`.
 
 `a_{t-1}` is the action the env reports it applied (`info["applied_action"]`, e.g. point-nav's
 clipped move) and otherwise the raw policy sample (the original MuJoCo setup, where MuJoCo
@@ -22,6 +22,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
+from torch import Tensor
 
 from trmrl.tasks.base import Task, TaskEnv
 
@@ -29,6 +31,15 @@ from trmrl.tasks.base import Task, TaskEnv
 def augmented_dim(obs_dim: int, act_dim: int) -> int:
     """O = obs_dim + act_dim + 2 (reward and boundary flag)."""
     return obs_dim + act_dim + 2
+
+
+def forget_previous_episode(inputs: Tensor, episode_start: Tensor, act_dim: int) -> Tensor:
+    """Zero a_{t-1} and r_{t-1} where a new episode starts, so that nothing of the previous
+    episode reaches the policy (the boundary flag stays). inputs (..., O), episode_start (...)."""
+    obs_dim = inputs.shape[-1] - act_dim - 2
+    carried = torch.zeros(inputs.shape[-1], dtype=torch.bool)
+    carried[obs_dim : obs_dim + act_dim + 1] = True
+    return inputs.masked_fill(episode_start[..., None] & carried, 0.0)
 
 
 class TrialEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -39,13 +50,11 @@ class TrialEnv(gym.Env[np.ndarray, np.ndarray]):
         env: TaskEnv,
         episodes_per_trial: int,
         max_episode_steps: int,
-        carry_across_episodes: bool = False,
         task: Task | None = None,
     ) -> None:
         self.env = env
         self.episodes_per_trial = episodes_per_trial
         self.max_episode_steps = max_episode_steps
-        self.carry_across_episodes = carry_across_episodes
         self.task = task
         self.obs_dim = env.observation_space.shape[0]
         self.act_dim = env.action_space.shape[0]
@@ -98,5 +107,4 @@ class TrialEnv(gym.Env[np.ndarray, np.ndarray]):
         info["final_observation"] = last
         obs, _ = self.env.reset()
         self._step_in_episode = 0
-        carried = action if self.carry_across_episodes else None
-        return self._augment(obs, carried, reward, 1.0), float(reward), False, False, info
+        return self._augment(obs, action, reward, 1.0), float(reward), False, False, info

@@ -57,6 +57,7 @@ class ActorCritic(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, config: ModelConfig, generator: torch.Generator) -> None:
         super().__init__()
         self.config = config
+        self.obs_dim, self.act_dim = obs_dim, act_dim
         d = config.d_model
         self.embedding = nn.Linear(obs_dim, d, bias=False)
         self.transformer = CausalTransformer(d, config.n_heads, config.d_ff, config.n_layers, config.window)
@@ -101,15 +102,3 @@ class ActorCritic(nn.Module):
         if self.config.share_network:
             yield from self.embedding.parameters()
             yield from self.transformer.parameters()
-
-    @torch.no_grad()
-    def act(
-        self, windows: Tensor, lengths: Tensor, generator: torch.Generator | None, deterministic: bool = False
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Actions (N, A), their log-probs (N,) and values (N,) for the sampler."""
-        out = self(windows, lengths)
-        if deterministic:
-            action = out.mean
-        else:
-            action = out.mean + out.log_std.exp() * torch.randn(out.mean.shape, generator=generator)
-        return action, out.log_prob(action), out.value

@@ -1,0 +1,38 @@
+"""The meta-RL algorithms, one module each, behind one protocol (`trmrl.protocols.Algorithm`).
+
+    trmrl train PRESET --algo NAME        (the preset's algorithm when omitted)
+    trmrl algos                           lists them
+
+An algorithm is built from the run's config and task distribution; it owns its networks,
+optimisers and sampler, and builds its own training batch from a `Rollout`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from trmrl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from trmrl.config import TrainConfig
+    from trmrl.protocols import Algorithm
+    from trmrl.tasks import TaskDistribution
+
+ALGORITHMS: dict[str, tuple[str, str]] = {
+    # name: (one-line summary, "module:class")
+    "trmrl": ("TrMRL: working-memory transformer (no LayerNorm, T-Fixup) + PPO over trials (Melo, ICML 2022)",
+              "trmrl.algos.trmrl:TrMRL"),
+}
+
+
+def check_name(name: str) -> None:
+    if name not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm '{name}'; choose from {', '.join(ALGORITHMS)}")
+
+
+def make_algorithm(config: TrainConfig, distribution: TaskDistribution) -> Algorithm:
+    """The algorithm `config.algo`, built for `distribution`."""
+    check_name(config.algo)
+    module, _, cls = ALGORITHMS[config.algo][1].partition(":")
+    return getattr(importlib.import_module(module), cls)(config, distribution)

@@ -1,0 +1,215 @@
+"""TrMRL (Melo, ICML 2022): a window of working memories -> causal transformer without
+LayerNorm (T-Fixup) -> Gaussian policy, trained with PPO over trials of E episodes.
+
+The policy's state is its window (`trmrl.memory.Window`); the memory scope (clear the window at
+every episode start, as the original code, or only at a trial start) is the policy's own
+setting. The update rebuilds every step's window from the rollout's stored inputs
+(`gather_windows`) and treats each window as an independent sample (no backprop through time):
+`update_epochs` passes of policy minibatch steps, then as many of value steps, each phase with
+its own AdamW (the original code).
+
+Shapes: T steps per trial, B tasks, N = T * B samples, W window, O augmented observation,
+A action dim.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from trmrl import ppo
+from trmrl.config import MemoryScope, PPOConfig, TrainConfig
+from trmrl.errors import CheckpointError
+from trmrl.evaluate import InMemoryLearner
+from trmrl.memory import Window, gather_windows
+from trmrl.nets.policy import ActorCritic
+from trmrl.protocols import Starts, Step
+from trmrl.sampler import Rollout, TrialSampler, rollout_metrics
+from trmrl.seeding import Stream, env_seeds, gaussian_noise, torch_generator
+from trmrl.tasks import Task, TaskDistribution
+from trmrl.trial import forget_previous_episode
+
+
+class TrMRLPolicy:
+    """The acting agent: `Policy[Window]`. With the `episode` scope the window is cleared at every
+    episode start and the carried a_{t-1}, r_{t-1} are hidden there, so nothing of a previous
+    episode reaches the policy; with `trial` it is cleared only at a trial start."""
+
+    def __init__(self, model: ActorCritic, memory_scope: MemoryScope) -> None:
+        self.model = model
+        self.memory_scope: MemoryScope = memory_scope
+
+    def visible(self, inputs: Tensor, episode_start: Tensor) -> Tensor:
+        """The inputs (..., O) as the policy sees them, episode_start (...)."""
+        if self.memory_scope == "trial":
+            return inputs
+        return forget_previous_episode(inputs, episode_start, self.model.act_dim)
+
+    def clears(self, starts: Starts) -> Tensor:
+        return starts.episode if self.memory_scope == "episode" else starts.trial
+
+    def initial_state(self, n: int) -> Window:
+        return Window.empty(n, self.model.config.window, self.model.obs_dim)
+
+    def _pushed(self, inputs: Tensor, state: Window, starts: Starts) -> Window:
+        return state.push(self.visible(inputs, starts.episode), self.clears(starts))
+
+    @torch.no_grad()
+    def act(
+        self, inputs: Tensor, state: Window, starts: Starts, generators: Sequence[torch.Generator] | None,
+        deterministic: bool = False,
+    ) -> tuple[Step, Window]:
+        state = self._pushed(inputs, state, starts)
+        out = self.model(state.buffer, state.length)
+        action = out.mean if deterministic else out.mean + out.log_std.exp() * gaussian_noise(generators, out.mean.shape)
+        return Step(action, out.log_prob(action), out.value), state
+
+    @torch.no_grad()
+    def value(self, inputs: Tensor, state: Window, starts: Starts) -> Tensor:
+        state = self._pushed(inputs, state, starts)
+        return self.model.value(state.buffer, state.length)
+
+
+@dataclass
+class Batch:
+    """The epoch's samples, flattened to N = T * B independent windows."""
+
+    windows: Tensor  # (N, W, O)
+    lengths: Tensor  # (N,)
+    actions: Tensor  # (N, A)
+    log_probs: Tensor  # (N,)
+    advantages: Tensor  # (N,)
+    returns: Tensor  # (N,)
+    values: Tensor  # (N,) at sampling time
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def make_windows(rollout: Rollout, policy: TrMRLPolicy) -> tuple[Tensor, Tensor]:
+    """Every step's window (T, B, W, O) and valid length (T, B), rebuilt from the rollout's
+    stored inputs: what the policy held when it acted at that step."""
+    starts = Starts(rollout.episode_start, rollout.trial_start)
+    inputs = policy.visible(rollout.obs, rollout.episode_start)
+    return gather_windows(inputs, policy.clears(starts), policy.model.config.window)
+
+
+def make_batch(rollout: Rollout, config: PPOConfig, policy: TrMRLPolicy) -> Batch:
+    """Advantages and returns over trials, and every step's window rebuilt from stored inputs."""
+    advantages, returns = ppo.advantages_and_returns(rollout, config)
+    windows, lengths = make_windows(rollout, policy)
+    flat = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+    return Batch(flat(windows), flat(lengths), flat(rollout.actions), flat(rollout.log_probs),
+                 flat(advantages), flat(returns), flat(rollout.values))
+
+
+def ppo_update(
+    model: ActorCritic,
+    policy_optimizer: torch.optim.Optimizer,
+    value_optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    config: PPOConfig,
+    generator: torch.Generator,
+) -> dict[str, float]:
+    """The paper's update: `update_epochs` shuffled passes of policy minibatch steps, then as
+    many of value steps (each phase with its own AdamW). Returns `losses/...` metrics."""
+    n = len(batch)
+    policy_params = list(model.policy_parameters())
+    value_params = list(model.value_parameters())
+    stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "approx_kl": [], "clipfrac": []}
+    for phase in ("policy", "value"):
+        for _ in range(config.update_epochs):
+            for index in torch.randperm(n, generator=generator).split(config.minibatch_size):
+                windows, lengths = batch.windows[index], batch.lengths[index]
+                if phase == "value":
+                    predicted = model.value(windows, lengths)
+                    loss = ppo.value_loss(predicted, batch.returns[index], model.value_log_std, config.value_loss)
+                    ppo.gradient_step(loss, value_optimizer, value_params, config.max_grad_norm, "value")
+                    stats["value_loss"].append(loss.item())
+                    continue
+                out = model(windows, lengths)
+                log_probs = out.log_prob(batch.actions[index])
+                advantages = batch.advantages[index]
+                if config.norm_adv and len(index) > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                loss = ppo.clipped_surrogate(log_probs, batch.log_probs[index], advantages, config.clip_coef)
+                loss = loss - config.ent_coef * out.entropy()
+                ppo.gradient_step(loss, policy_optimizer, policy_params, config.max_grad_norm, "policy")
+                with torch.no_grad():
+                    log_ratio = log_probs - batch.log_probs[index]
+                    stats["approx_kl"].append(((log_ratio.exp() - 1) - log_ratio).mean().item())
+                    stats["clipfrac"].append(((log_ratio.exp() - 1).abs() > config.clip_coef).float().mean().item())
+                    stats["policy_loss"].append(loss.item())
+    out_stats = {f"losses/{k}": sum(v) / len(v) for k, v in stats.items()}
+    out_stats["losses/explained_variance"] = ppo.explained_variance(batch.values, batch.returns)
+    with torch.no_grad():
+        out_stats["losses/entropy"] = float(model(batch.windows[:1], batch.lengths[:1]).entropy())
+        out_stats["charts/action_std"] = float(model.log_std.exp().mean())
+    return out_stats
+
+
+class TrMRL:
+    """`Algorithm`: the model, its two optimisers (policy phase, value phase) and its sampler."""
+
+    def __init__(self, config: TrainConfig, distribution: TaskDistribution) -> None:
+        self.config = config
+        t = config.task
+        self.sampler = TrialSampler(distribution, t.tasks_per_epoch, t.episodes_per_trial, t.max_episode_steps)
+        self.model = ActorCritic(self.sampler.obs_dim, self.sampler.act_dim, config.model,
+                                 torch_generator(config.seed, Stream.INIT))
+        wd = config.ppo.weight_decay
+        # fused: one kernel for all parameters (the per-parameter loop costs ~1.7 ms a step here)
+        self.policy_optimizer = torch.optim.AdamW(self.model.policy_parameters(), lr=config.ppo.policy_lr,
+                                                  weight_decay=wd, fused=True)
+        self.value_optimizer = torch.optim.AdamW(self.model.value_parameters(), lr=config.ppo.value_lr,
+                                                 weight_decay=wd, fused=True)
+        self.policy = TrMRLPolicy(self.model, config.model.memory_scope)
+
+    def set_learning_rates(self, epoch: int) -> dict[str, float]:
+        p = self.config.ppo
+        factor = ppo.lr_factor(epoch, p.decay_epoch_start, p.decay_epoch_end, p.min_lr_factor)
+        rates = {
+            "charts/policy_lr": p.policy_lr * (factor if p.policy_lr_decay else 1.0),
+            "charts/value_lr": p.value_lr * (factor if p.value_lr_decay else 1.0),
+        }
+        for group in self.policy_optimizer.param_groups:
+            group["lr"] = rates["charts/policy_lr"]
+        for group in self.value_optimizer.param_groups:
+            group["lr"] = rates["charts/value_lr"]
+        return rates
+
+    def train_iteration(self, tasks: Sequence[Task], epoch: int) -> dict[str, float]:
+        seed = self.config.seed
+        t0 = time.perf_counter()
+        rollout = self.sampler.collect(self.policy, tasks, env_seeds(seed, Stream.TRAIN_ENVS, epoch, len(tasks)),
+                                       torch_generator(seed, Stream.TRAIN_ACTIONS, epoch))
+        t1 = time.perf_counter()
+        metrics = self.set_learning_rates(epoch)
+        batch = make_batch(rollout, self.config.ppo, self.policy)
+        metrics |= ppo_update(self.model, self.policy_optimizer, self.value_optimizer, batch, self.config.ppo,
+                              torch_generator(seed, Stream.MINIBATCHES, epoch))
+        t2 = time.perf_counter()
+        return metrics | rollout_metrics(rollout) | {
+            "time/sampling": t1 - t0, "time/update": t2 - t1,
+            "charts/sampling_sps": rollout.num_steps / (t1 - t0),
+            "charts/update_samples_per_s": len(batch) / (t2 - t1)}
+
+    def meta_learner(self) -> InMemoryLearner:
+        return InMemoryLearner(self.policy)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "policy_optimizer": self.policy_optimizer.state_dict(),
+                "value_optimizer": self.value_optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.policy_optimizer.load_state_dict(state["policy_optimizer"])
+            self.value_optimizer.load_state_dict(state["value_optimizer"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint does not match its config: {str(exc).splitlines()[0]}") from exc

@@ -1,0 +1,95 @@
+"""The few sockets every algorithm, task distribution and evaluator plugs into.
+
+    task distribution -> trial env -> sampler (carries the policy's state) -> Rollout
+        -> algorithm (builds its own training batch, updates) -> meta-learner -> evaluator
+
+Shapes: B envs (one task each), O augmented observation, A action.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from trmrl.sampler import Rollout
+    from trmrl.tasks import Task
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class Starts:
+    """Which of the B envs begin an episode / a trial at this step (both (B,) bool; a trial start
+    is also an episode start). A policy resets whatever memory its scope says here."""
+
+    episode: Tensor
+    trial: Tensor
+
+
+@dataclass(frozen=True)
+class Step:
+    """One batched action: actions (B, A), their log-probs (B,) and values (B,)."""
+
+    actions: Tensor
+    log_probs: Tensor
+    values: Tensor
+
+
+class Policy(Protocol[S]):
+    """An acting agent with explicit state: TrMRL's window, RL^2's hidden state, PEARL's
+    posterior; MAML's is None (its adapted parameters live in the meta-learner). The sampler
+    creates the state, hands it back at every step and never looks inside it."""
+
+    def initial_state(self, n: int) -> S:
+        """The state of n envs before any input."""
+        ...
+
+    def act(
+        self, inputs: Tensor, state: S, starts: Starts, generators: Sequence[torch.Generator] | None,
+        deterministic: bool = False,
+    ) -> tuple[Step, S]:
+        """Take one step's inputs (B, O) into the state (resetting it where `starts` says) and act.
+        `generators` holds one random stream per env (row); None only with `deterministic`."""
+        ...
+
+    def value(self, inputs: Tensor, state: S, starts: Starts) -> Tensor:
+        """V (B,) of inputs (B, O) as `act` would see them, leaving `state` unchanged (used to
+        bootstrap at time limits and where a rollout stops mid-trial)."""
+        ...
+
+
+class MetaLearner(Protocol):
+    """What the evaluator needs (garage's meta-evaluation contract: explore, adapt, evaluate)."""
+
+    adapts_in_memory: bool
+    """True: one trial of K episodes is exploration, adaptation and evaluation at once."""
+
+    def exploration_policy(self) -> Policy[Any]: ...
+
+    def adapt(self, policy: Policy[Any], exploration: Rollout) -> Policy[Any]:
+        """A policy adapted to the task of `exploration` (one task, B = 1)."""
+        ...
+
+
+class Algorithm(Protocol):
+    """What the training loop needs of a meta-RL algorithm."""
+
+    def train_iteration(self, tasks: Sequence[Task], epoch: int) -> dict[str, float]:
+        """One meta-training iteration on a batch of training tasks; returns namespaced metrics
+        (`charts/`, `losses/`, `time/`). Every random draw derives from (seed, epoch)."""
+        ...
+
+    def meta_learner(self) -> MetaLearner:
+        """The current agent, for the evaluator."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore `state_dict()` output; a mismatch raises CheckpointError."""
+        ...

@@ -1,0 +1,118 @@
+"""The run directory, in one place: every other module asks it for paths.
+
+    RUN_DIR/
+      config.json       the resolved TrainConfig (algorithm, task, seeds, every field)
+      versions.json     package versions and the git revision of the code
+      metrics.jsonl     one JSON record per epoch, and one per during-training meta-test
+      tb/               TensorBoard events, same keys
+      checkpoint.pt     latest checkpoint (written atomically)
+      eval/             meta-test results (<protocol>.json and .csv), attention
+
+Enough to resume, evaluate or plot a run from its path alone.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trmrl.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from trmrl.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def versions(self) -> Path:
+        return self.root / "versions.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tb"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.pt"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    def eval_result(self, name: str) -> Path:
+        """eval/<name>.json: a meta-test result (its CSV twin beside it)."""
+        return self.eval / f"{name}.json"
+
+    @staticmethod
+    def default(config: TrainConfig) -> RunDir:
+        """runs/<preset>-s<seed>-<time> (an algorithm other than the preset's joins the name)."""
+        name = config.preset if config.algo == "trmrl" else f"{config.preset}-{config.algo}"
+        return RunDir(Path("runs") / f"{name}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+    def create(self, config: TrainConfig) -> None:
+        """Make the directory and describe the run in it."""
+        from trmrl.config import to_dict
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json(self.config, to_dict(config))
+        write_json(self.versions, versions())
+
+    def read_config(self) -> TrainConfig:
+        """The resolved config the run was started with."""
+        from trmrl.config import TrainConfig, from_dict
+
+        if not self.config.is_file():
+            raise CheckpointError(f"{self.root} is not a run directory (no config.json)")
+        try:
+            return from_dict(TrainConfig, json.loads(self.config.read_text()))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise CheckpointError(f"unreadable {self.config}: {exc}") from None
+
+
+PACKAGES = ("trmrl", "torch", "numpy", "gymnasium", "mujoco", "tyro", "metaworld")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    out["git_revision"] = git_revision()
+    return out
+
+
+def git_revision() -> str:
+    source = Path(__file__).resolve().parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=source, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if rev.returncode != 0:
+        return "unknown"
+    return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
