@@ -12,11 +12,10 @@ import dataclasses
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from trmrl.ppo import make_batch, ppo_update
+from trmrl.algos.trmrl import TrMRL, make_batch, ppo_update
 from trmrl.presets import get_preset
 from trmrl.seeding import Stream, env_seeds, numpy_rng, torch_generator
 from trmrl.tasks import make_task_distribution
-from trmrl.train import Learner, make_sampler
 
 
 def main() -> None:
@@ -27,15 +26,15 @@ def main() -> None:
     config = get_preset("cheetah-vel")
     config = dataclasses.replace(config, ppo=dataclasses.replace(config.ppo, update_epochs=args.update_epochs))
     distribution = make_task_distribution(config.task.name)
-    sampler = make_sampler(config, distribution)
-    learner = Learner.create(config, sampler.obs_dim, sampler.act_dim)
-    tasks = distribution.sample(numpy_rng(0, Stream.TRAIN_TASKS, 0), config.task.tasks_per_epoch)
+    learner = TrMRL(config, distribution)
+    sampler = learner.sampler
+    tasks = distribution.sample(numpy_rng(0, Stream.TRAIN_TASKS, 0), config.task.tasks_per_epoch, "train")
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         with record_function("sampling"):
-            rollout = sampler.collect(learner.model, tasks, env_seeds(0, Stream.TRAIN_ENVS, 0, len(tasks)),
+            rollout = sampler.collect(learner.policy, tasks, env_seeds(0, Stream.TRAIN_ENVS, 0, len(tasks)),
                                       torch_generator(0, Stream.TRAIN_ACTIONS, 0))
         with record_function("update"):
-            batch = make_batch(rollout, config.ppo, config.model.window, config.model.memory_scope)
+            batch = make_batch(rollout, config.ppo, learner.policy)
             ppo_update(learner.model, learner.policy_optimizer, learner.value_optimizer, batch, config.ppo,
                        torch.Generator().manual_seed(0))
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)

@@ -27,13 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from trmrl.algos.trmrl import TrMRL, TrMRLPolicy, make_batch, ppo_update
 from trmrl.config import TrainConfig
-from trmrl.nets.policy import ActorCritic
-from trmrl.ppo import make_batch, ppo_update
 from trmrl.presets import get_preset
 from trmrl.seeding import Stream, env_seeds, numpy_rng, torch_generator
 from trmrl.tasks import make_task_distribution
-from trmrl.train import Learner, make_sampler, train
+from trmrl.train import train
 
 
 def timed(fn: Callable[[], object], repeat: int = 1) -> float:
@@ -114,8 +113,11 @@ def sync_vector_env(env_id: str, n_envs: int, steps: int) -> float:
 class TimedPolicy:
     """Forwards to a policy and accumulates the time spent in it."""
 
-    def __init__(self, policy: ActorCritic) -> None:
+    def __init__(self, policy: TrMRLPolicy) -> None:
         self.policy, self.seconds, self.calls = policy, 0.0, 0
+
+    def initial_state(self, n: int):  # type: ignore[no-untyped-def]
+        return self.policy.initial_state(n)
 
     def act(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         start = time.perf_counter()
@@ -140,15 +142,15 @@ def model_flops_per_window(config: TrainConfig, obs_dim: int, act_dim: int) -> f
 
 def sample_and_update(config: TrainConfig) -> dict[str, float]:
     distribution = make_task_distribution(config.task.name)
-    sampler = make_sampler(config, distribution)
-    learner = Learner.create(config, sampler.obs_dim, sampler.act_dim)
-    tasks = distribution.sample(numpy_rng(0, Stream.TRAIN_TASKS, 0), config.task.tasks_per_epoch)
-    policy = TimedPolicy(learner.model)
+    learner = TrMRL(config, distribution)
+    sampler = learner.sampler
+    tasks = distribution.sample(numpy_rng(0, Stream.TRAIN_TASKS, 0), config.task.tasks_per_epoch, "train")
+    policy = TimedPolicy(learner.policy)
     start = time.perf_counter()
     rollout = sampler.collect(policy, tasks, env_seeds(0, Stream.TRAIN_ENVS, 0, len(tasks)), torch_generator(0, Stream.TRAIN_ACTIONS, 0))
     sampling = time.perf_counter() - start
     start = time.perf_counter()
-    batch = make_batch(rollout, config.ppo, config.model.window, config.model.memory_scope)
+    batch = make_batch(rollout, config.ppo, learner.policy)
     ppo_update(learner.model, learner.policy_optimizer, learner.value_optimizer, batch, config.ppo, torch.Generator().manual_seed(0))
     update = time.perf_counter() - start
     passes = config.ppo.update_epochs * len(batch)
@@ -177,7 +179,7 @@ def recurrent_ppo(total_steps: int) -> float | None:
             self.rng = np.random.default_rng(0)
 
         def reset(self, **kwargs):  # type: ignore[no-untyped-def]
-            task = self.distribution.sample(self.rng, 1)[0]
+            task = self.distribution.sample(self.rng, 1, "train")[0]
             return self.env.reset(seed=kwargs.get("seed"), options={"task": task})
 
     from stable_baselines3.common.vec_env import DummyVecEnv

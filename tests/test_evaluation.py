@@ -23,9 +23,9 @@ from trmrl.tasks import make_task_distribution
 
 def test_held_out_tasks_never_come_from_the_training_stream():
     dist = make_task_distribution("cheetah-vel")
-    train = {t.params for epoch in range(200) for t in dist.sample(numpy_rng(1, Stream.TRAIN_TASKS, epoch), 20)}
+    train = {t.params for epoch in range(200) for t in dist.sample(numpy_rng(1, Stream.TRAIN_TASKS, epoch), 20, "train")}
     for stream in (Stream.TEST_TASKS, Stream.EVAL_TASKS):
-        held_out = {t.params for t in dist.sample(numpy_rng(1, stream, 0), 20)}
+        held_out = {t.params for t in dist.sample(numpy_rng(1, stream, 0), 20, "test")}
         assert not held_out & train
 
 

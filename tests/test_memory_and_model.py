@@ -146,7 +146,7 @@ def test_batched_update_path_equals_step_by_step_acting(scope, share):
                          share_network=share)
     sampler = TrialSampler(make_task_distribution("point-nav"), 4, 3, 4)
     m = model(config, obs_dim=sampler.obs_dim, act_dim=sampler.act_dim)
-    tasks = make_task_distribution("point-nav").sample(np.random.default_rng(0), 4)
+    tasks = make_task_distribution("point-nav").sample(np.random.default_rng(0), 4, "train")
     policy = TrMRLPolicy(m, scope)
     rollout = sampler.collect(policy, tasks, [1, 2, 3, 4], torch.Generator().manual_seed(0))
     batch = make_batch(rollout, PPOConfig(), policy)

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from trmrl.tasks import TASK_NAMES, make_task_distribution
+from trmrl.tasks import make_task_distribution, registered
 from trmrl.trial import TrialEnv
 
 
-@pytest.mark.parametrize("name", TASK_NAMES)
+@pytest.mark.parametrize("name", list(registered()))
 def test_same_seed_same_tasks(name):
     d = make_task_distribution(name)
-    a = d.sample(np.random.default_rng(7), 10)
-    b = d.sample(np.random.default_rng(7), 10)
-    c = d.sample(np.random.default_rng(8), 10)
+    a = d.sample(np.random.default_rng(7), 10, "train")
+    b = d.sample(np.random.default_rng(7), 10, "train")
+    c = d.sample(np.random.default_rng(8), 10, "train")
     assert a == b and a != c
 
 
@@ -25,16 +25,16 @@ def rng0():
 
 def test_documented_ranges():
     rng = rng0()
-    goals = np.array([t.params for t in make_task_distribution("point-nav").sample(rng, 500)])
-    xy_goals = [t.params for t in make_task_distribution("point-nav-xy").sample(rng0(), 500)]
+    goals = np.array([t.params for t in make_task_distribution("point-nav").sample(rng, 500, "train")])
+    xy_goals = [t.params for t in make_task_distribution("point-nav-xy").sample(rng0(), 500, "train")]
     assert np.array_equal(goals, np.array(xy_goals))
     assert np.allclose(np.linalg.norm(goals, axis=1), 1.0) and (goals[:, 1] >= 0).all()
-    v = [t.params[0] for t in make_task_distribution("cheetah-vel").sample(rng, 500)]
+    v = [t.params[0] for t in make_task_distribution("cheetah-vel").sample(rng, 500, "train")]
     assert 0 <= min(v) and max(v) <= 3 and max(v) > 2.9
-    v = [t.params[0] for t in make_task_distribution("cheetah-vel-ood").sample(rng, 500)]
+    v = [t.params[0] for t in make_task_distribution("cheetah-vel-ood").sample(rng, 500, "train")]
     assert 3 <= min(v) and max(v) <= 4
     for name in ("cheetah-dir", "ant-dir"):
-        values = [t.params[0] for t in make_task_distribution(name).sample(rng, 500)]
+        values = [t.params[0] for t in make_task_distribution(name).sample(rng, 500, "train")]
         assert set(values) == {-1.0, 1.0} and abs(np.mean(values)) < 0.15
 
 
@@ -45,7 +45,7 @@ DIMS = {"point-nav": (0, 2), "point-nav-xy": (2, 2), "cheetah-vel": (20, 6), "ch
 @pytest.mark.parametrize("name,obs_dim,act_dim", [(name, *dims) for name, dims in DIMS.items()])
 def test_trial_env_passes_gymnasium_checks(name, obs_dim, act_dim):
     d = make_task_distribution(name)
-    env = TrialEnv(d.make_env(), episodes_per_trial=2, max_episode_steps=10, task=d.sample(np.random.default_rng(0), 1)[0])
+    env = TrialEnv(d.make_env(), episodes_per_trial=2, max_episode_steps=10, task=d.sample(np.random.default_rng(0), 1, "train")[0])
     assert env.observation_space.shape == (obs_dim + act_dim + 2,)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -55,7 +55,7 @@ def test_trial_env_passes_gymnasium_checks(name, obs_dim, act_dim):
 def _env(name, task_index=0):
     d = make_task_distribution(name)
     env = d.make_env()
-    task = d.sample(np.random.default_rng(1), 4)[task_index]
+    task = d.sample(np.random.default_rng(1), 4, "train")[task_index]
     env.set_task(task)
     env.reset(seed=0)
     return env, task

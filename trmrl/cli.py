@@ -187,8 +187,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args[0] == "plot":
             plot_command(args[1:])
         elif args[0] == "presets":
+            from trmrl.tasks import registered
+
+            print("presets (trmrl train PRESET):")
             for name, (description, _) in PRESETS.items():
-                print(f"{name:<14} {description}")
+                print(f"  {name:<16} {description}")
+            print("task distributions (--task.name NAME):")
+            for name, entry in registered().items():
+                print(f"  {name:<16} {entry.summary}")
         elif args[0] == "algos":
             from trmrl.algos import ALGORITHMS
 

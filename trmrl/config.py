@@ -18,7 +18,6 @@ import tyro
 
 from trmrl.errors import ConfigError
 
-TaskName = Literal["point-nav", "point-nav-xy", "cheetah-vel", "cheetah-vel-ood", "cheetah-dir", "ant-dir"]
 MemoryScope = Literal["episode", "trial"]
 TFixup = Literal["code", "paper", "off"]
 ValueLoss = Literal["nll", "mse"]
@@ -33,8 +32,9 @@ def _require(condition: bool, message: str) -> None:
 class TaskConfig:
     """The task distribution and the shape of a trial."""
 
-    name: TaskName = "point-nav"
-    """Task distribution (see `trmrl.tasks`)."""
+    name: str = "point-nav"
+    """Task distribution: a registered name (`trmrl presets` lists them; `trmrl.tasks.register`
+    adds one)."""
     episodes_per_trial: int = 2
     """E: episodes on the same task that form one trial (RL^2)."""
     max_episode_steps: int = 20
@@ -43,6 +43,9 @@ class TaskConfig:
     """B: tasks sampled per epoch, one trial each, stepped as one batch."""
 
     def __post_init__(self) -> None:
+        from trmrl.tasks import check_task_name
+
+        check_task_name(self.name)
         _require(self.episodes_per_trial >= 1, "task.episodes_per_trial must be >= 1")
         _require(self.max_episode_steps >= 1, "task.max_episode_steps must be >= 1")
         _require(self.tasks_per_epoch >= 1, "task.tasks_per_epoch must be >= 1")

@@ -26,7 +26,7 @@ from trmrl.protocols import MetaLearner, Policy, Starts, Step
 from trmrl.sampler import Rollout, TrialSampler, episode_returns, episode_successes, first_episode_rewards
 from trmrl.seeding import Stream, env_seeds, numpy_rng, torch_generator
 from trmrl.stats import aggregate
-from trmrl.tasks import Task, TaskDistribution, make_task_distribution
+from trmrl.tasks import Task, TaskDistribution, make_task_distribution, registered
 
 
 @dataclass
@@ -67,7 +67,6 @@ PROTOCOLS: dict[str, EvalProtocol] = {
     # paper Fig. 6: HalfCheetahVel with target velocity U[3, 4], 20 tasks x 6 episodes
     "ood": EvalProtocol("ood", 20, 6),
 }
-OOD_DISTRIBUTION = {"cheetah-vel": "cheetah-vel-ood"}
 
 
 def resolve_protocol(name: str, task: str, **changes: Any) -> EvalProtocol:
@@ -78,9 +77,10 @@ def resolve_protocol(name: str, task: str, **changes: Any) -> EvalProtocol:
         raise ConfigError(f"unknown protocol '{name}'; choose from {', '.join(PROTOCOLS)}")
     protocol = PROTOCOLS[name]
     if name == "ood":
-        if task not in OOD_DISTRIBUTION:
-            raise ConfigError(f"protocol 'ood' is defined for {', '.join(OOD_DISTRIBUTION)} only, not '{task}'")
-        protocol = dataclasses.replace(protocol, distribution=OOD_DISTRIBUTION[task])
+        pairs = {n: r.ood for n, r in registered().items() if r.ood}
+        if task not in pairs:
+            raise ConfigError(f"protocol 'ood' is defined for {', '.join(pairs)} only, not '{task}'")
+        protocol = dataclasses.replace(protocol, distribution=pairs[task])
     return dataclasses.replace(protocol, **{k: v for k, v in changes.items() if v is not None})
 
 
@@ -160,7 +160,9 @@ def _finite(value: Any) -> Any:
 
 
 class MetaTester:
-    """Runs one protocol; reuses its envs across calls."""
+    """Runs one protocol on the distribution's test split, tasks drawn from the protocol's own
+    seed stream (so a distribution with no held-out set still gives tasks training never drew);
+    reuses its envs across calls."""
 
     def __init__(
         self,
@@ -175,11 +177,10 @@ class MetaTester:
         self.max_episode_steps = max_episode_steps
         self.sampler = TrialSampler(self.distribution, protocol.n_tasks, protocol.episodes, max_episode_steps)
         self._single = TrialSampler(self.distribution, 1, 1, max_episode_steps)
-        self.has_success = bool(getattr(self.distribution, "has_success", False))
 
     def tasks(self, index: int = 0) -> Sequence[Task]:
         p = self.protocol
-        return self.distribution.sample(numpy_rng(self.seed, p.task_stream, index), p.n_tasks)
+        return self.distribution.sample(numpy_rng(self.seed, p.task_stream, index), p.n_tasks, "test")
 
     def run(self, learner: MetaLearner | Policy[Any], index: int = 0) -> MetaTestResult:
         """Meta-test on the protocol's tasks for evaluation number `index` (fresh tasks per index)."""
@@ -196,7 +197,7 @@ class MetaTester:
             first = first_episode_rewards(rollout, self.max_episode_steps)
         else:
             returns, successes, first = self._run_episodewise(learner, tasks, seeds, generator)  # type: ignore[arg-type]
-        return MetaTestResult(p, tasks, returns, successes if self.has_success else None, first)
+        return MetaTestResult(p, tasks, returns, successes if self.distribution.reports_success else None, first)
 
     def _run_episodewise(
         self, learner: MetaLearner, tasks: Sequence[Task], seeds: Sequence[int], generator: torch.Generator

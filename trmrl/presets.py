@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from trmrl.config import EvalConfig, ModelConfig, PPOConfig, TaskConfig, TaskName, TrainConfig
+from trmrl.config import EvalConfig, ModelConfig, PPOConfig, TaskConfig, TrainConfig
 from trmrl.errors import ConfigError
 
 # Shared by the paper's MuJoCo runs: 4 layers of d_model 128, 16 heads, FFN 512, window 5,
@@ -25,7 +25,7 @@ _PAPER_EVAL = EvalConfig(every_epochs=5, n_tasks=30, episodes=2, final_n_tasks=2
 
 
 
-def _paper_mujoco(task: TaskName, total_env_steps: int, model: dict[str, Any], ppo: dict[str, Any]) -> TrainConfig:
+def _paper_mujoco(task: str, total_env_steps: int, model: dict[str, Any], ppo: dict[str, Any]) -> TrainConfig:
     """A MuJoCo preset: the shared values above with the per-task ones of the README command."""
     return TrainConfig(
         preset=task,

@@ -1,4 +1,5 @@
-"""The few sockets every algorithm, task distribution and evaluator plugs into.
+"""The few sockets every algorithm, task distribution and evaluator plugs into (the task seam,
+`Task`, `TaskEnv` and `TaskDistribution`, is defined in `trmrl.tasks.base`).
 
     task distribution -> trial env -> sampler (carries the policy's state) -> Rollout
         -> algorithm (builds its own training batch, updates) -> meta-learner -> evaluator
@@ -15,9 +16,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import torch
 from torch import Tensor
 
+from trmrl.tasks.base import Task, TaskDistribution, TaskEnv
+
 if TYPE_CHECKING:
     from trmrl.sampler import Rollout
-    from trmrl.tasks import Task
+
+__all__ = ["Starts", "Step", "Policy", "MetaLearner", "Algorithm", "Task", "TaskDistribution", "TaskEnv"]
 
 S = TypeVar("S")
 

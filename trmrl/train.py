@@ -49,7 +49,8 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
             metrics: dict[str, float] = {}
             if e.every_epochs and epoch % e.every_epochs == 0:
                 metrics |= tester.run(algorithm.meta_learner(), index=epoch).metrics()
-            tasks = distribution.sample(numpy_rng(config.seed, Stream.TRAIN_TASKS, epoch), config.task.tasks_per_epoch)
+            rng = numpy_rng(config.seed, Stream.TRAIN_TASKS, epoch)
+            tasks = distribution.sample(rng, config.task.tasks_per_epoch, "train")
             metrics |= algorithm.train_iteration(tasks, epoch)
             logger.log(epoch, (epoch + 1) * steps, metrics)
             if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == end:

@@ -1,27 +1,34 @@
-"""What a task distribution is: tasks drawn from an explicit generator, and an env that can be
-pointed at any of them."""
+"""The task seam: what a task is, the env that plays it, and a distribution over tasks."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
 
+Split = Literal["train", "test"]
+"""Which tasks to draw: the training tasks, or the held-out ones the evaluator uses."""
+
 
 @dataclass(frozen=True)
 class Task:
-    """One task: a name for per-task-name logs (e.g. 'forward') and its hidden parameters."""
+    """One task. `name` groups tasks in logs (e.g. 'forward', or a MetaWorld class); `params`
+    are its hidden parameters as numbers, written to meta-test results (a goal, a velocity);
+    `payload` is whatever else the env needs to set it, opaque to everything but that env (e.g.
+    a pickled MetaWorld task)."""
 
     name: str
-    params: tuple[float, ...]
+    params: tuple[float, ...] = ()
+    payload: Any = field(default=None, repr=False)
 
 
 @runtime_checkable
 class TaskEnv(Protocol):
-    """A gymnasium env without a time limit whose hidden task can be changed between episodes."""
+    """A gymnasium env without a time limit whose hidden task can be changed between episodes.
+    It may report `info["success"]` and `info["applied_action"]` (what it actually applied)."""
 
     observation_space: gym.spaces.Box
     action_space: gym.spaces.Box
@@ -39,9 +46,15 @@ class TaskDistribution(Protocol):
     """A distribution over tasks that share one env (observation and action spaces)."""
 
     name: str
+    held_out: bool
+    """True: `sample(..., "test")` draws from tasks never drawn for training (MetaWorld's test
+    goals and classes). False: there is one distribution; the evaluator then draws fresh tasks
+    from a random stream that training never uses."""
+    reports_success: bool
+    """True: the env reports `info["success"]`, and meta-tests count success per episode."""
 
-    def sample(self, rng: np.random.Generator, n: int) -> Sequence[Task]:
-        """n tasks drawn i.i.d. with `rng` (the only source of randomness)."""
+    def sample(self, rng: np.random.Generator, n: int, split: Split) -> Sequence[Task]:
+        """n tasks of `split` drawn with `rng` (the only source of randomness)."""
         ...
 
     def make_env(self) -> TaskEnv:

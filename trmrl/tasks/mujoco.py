@@ -14,7 +14,7 @@ import mujoco
 import numpy as np
 from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 
-from trmrl.tasks.base import Task
+from trmrl.tasks.base import Split, Task
 
 RESET_NOISE = 0.1
 """qpos + U(-0.1, 0.1), qvel + 0.1 N(0, 1) at every reset, as in the original envs."""
@@ -111,12 +111,16 @@ class AntDirEnv(_TaskMujocoEnv):
 
 
 class CheetahVel:
-    """Target velocity v* ~ U[low, high]; the paper trains on [0, 3] and tests OOD on [3, 4]."""
+    """Target velocity v* ~ U[low, high]; the paper trains on [0, 3] and tests OOD on [3, 4].
+    No held-out set: meta-tests draw fresh velocities from their own stream."""
+
+    held_out = False
+    reports_success = False
 
     def __init__(self, low: float = 0.0, high: float = 3.0, name: str = "cheetah-vel") -> None:
         self.low, self.high, self.name = low, high, name
 
-    def sample(self, rng: np.random.Generator, n: int) -> Sequence[Task]:
+    def sample(self, rng: np.random.Generator, n: int, split: Split) -> Sequence[Task]:
         return [Task("velocity", (float(v),)) for v in rng.uniform(self.low, self.high, size=n)]
 
     def make_env(self) -> HalfCheetahTaskEnv:
@@ -124,12 +128,16 @@ class CheetahVel:
 
 
 class Direction:
-    """A direction drawn from {-1, +1} with probability 1/2 each, named for per-task logs."""
+    """A direction drawn from {-1, +1} with probability 1/2 each, named for per-task logs. Both
+    directions are trained on and tested on (no held-out set)."""
+
+    held_out = False
+    reports_success = False
 
     def __init__(self, name: str, make_env: Callable[[], _TaskMujocoEnv], labels: tuple[str, str]) -> None:
         self.name, self._make_env, self._labels = name, make_env, labels
 
-    def sample(self, rng: np.random.Generator, n: int) -> Sequence[Task]:
+    def sample(self, rng: np.random.Generator, n: int, split: Split) -> Sequence[Task]:
         signs = rng.choice([-1.0, 1.0], size=n)
         return [Task(self._labels[0] if d > 0 else self._labels[1], (float(d),)) for d in signs]
 

@@ -16,7 +16,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from trmrl.tasks.base import Task
+from trmrl.tasks.base import Split, Task
 
 STEP_SIZE = 0.1
 """Largest move per axis per step; actions are clipped to [-1, 1] and scaled by this."""
@@ -58,13 +58,17 @@ class PointNavEnv(gym.Env[np.ndarray, np.ndarray]):
 
 
 class PointNav:
-    """Goals (cos a, sin a) with a ~ U[0, pi]."""
+    """Goals (cos a, sin a) with a ~ U[0, pi]. No held-out set: meta-tests draw fresh goals from
+    their own stream."""
+
+    held_out = False
+    reports_success = False
 
     def __init__(self, observe_position: bool = False) -> None:
         self.observe_position = observe_position
         self.name = "point-nav-xy" if observe_position else "point-nav"
 
-    def sample(self, rng: np.random.Generator, n: int) -> Sequence[Task]:
+    def sample(self, rng: np.random.Generator, n: int, split: Split) -> Sequence[Task]:
         angles = rng.uniform(0.0, np.pi, size=n)
         return [Task("goal", (float(np.cos(a)), float(np.sin(a)))) for a in angles]
 
