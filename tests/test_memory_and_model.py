@@ -148,7 +148,7 @@ def test_batched_update_path_equals_step_by_step_acting(scope, share):
     m = model(config, obs_dim=sampler.obs_dim, act_dim=sampler.act_dim)
     tasks = make_task_distribution("point-nav").sample(np.random.default_rng(0), 4, "train")
     policy = TrMRLPolicy(m, scope)
-    rollout = sampler.collect(policy, tasks, [1, 2, 3, 4], torch.Generator().manual_seed(0))
+    rollout = sampler.collect(policy, tasks, [1, 2, 3, 4], [torch.Generator().manual_seed(i) for i in range(4)])
     batch = make_batch(rollout, PPOConfig(), policy)
     with torch.no_grad():
         out = m(batch.windows, batch.lengths)

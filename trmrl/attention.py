@@ -11,7 +11,6 @@ import torch
 from trmrl.algos.trmrl import TrMRLPolicy, make_windows
 from trmrl.evaluate import MetaTester
 from trmrl.nets.policy import ActorCritic
-from trmrl.seeding import env_seeds, torch_generator
 
 
 @torch.no_grad()
@@ -38,8 +37,7 @@ def save_attention(policy: TrMRLPolicy, tester: MetaTester, out_dir: Path) -> li
 
     p = tester.protocol
     task = tester.tasks()[0]
-    rollout = tester.sampler.collect(policy, [task], env_seeds(tester.seed, p.env_stream, 0, 1),
-                                     torch_generator(tester.seed, p.action_stream, 0), p.deterministic)
+    rollout = tester.sampler.collect(policy, [task], *tester.streams(0, [0]), p.deterministic)
     windows, lengths = make_windows(rollout, policy)
     weights = attention_by_age(policy.model, windows[:, 0], lengths[:, 0])  # (T, L, H, W)
     out_dir.mkdir(parents=True, exist_ok=True)

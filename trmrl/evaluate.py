@@ -24,7 +24,7 @@ from trmrl.config import TrainConfig
 from trmrl.errors import ConfigError
 from trmrl.protocols import MetaLearner, Policy, Starts, Step
 from trmrl.sampler import Rollout, TrialSampler, episode_returns, episode_successes, first_episode_rewards
-from trmrl.seeding import Stream, env_seeds, numpy_rng, torch_generator
+from trmrl.seeding import Stream, numpy_rng, random_rows, task_streams
 from trmrl.stats import aggregate
 from trmrl.tasks import Task, TaskDistribution, make_task_distribution, registered
 
@@ -182,34 +182,38 @@ class MetaTester:
         p = self.protocol
         return self.distribution.sample(numpy_rng(self.seed, p.task_stream, index), p.n_tasks, "test")
 
+    def streams(self, index: int, tasks: Sequence[int]) -> tuple[list[int], list[torch.Generator]]:
+        """Reset seeds and action generators of the protocol's tasks `tasks` in evaluation `index`."""
+        p = self.protocol
+        return task_streams(self.seed, p.env_stream, p.action_stream, index, tasks)
+
     def run(self, learner: MetaLearner | Policy[Any], index: int = 0) -> MetaTestResult:
         """Meta-test on the protocol's tasks for evaluation number `index` (fresh tasks per index)."""
         if not hasattr(learner, "adapts_in_memory"):
             learner = InMemoryLearner(learner)  # type: ignore[arg-type]
         p = self.protocol
         tasks = self.tasks(index)
-        seeds = env_seeds(self.seed, p.env_stream, index, p.n_tasks)
-        generator = torch_generator(self.seed, p.action_stream, index)
+        seeds, generators = self.streams(index, range(p.n_tasks))
         if learner.adapts_in_memory:  # type: ignore[union-attr]
-            rollout = self.sampler.collect(learner.exploration_policy(), tasks, seeds, generator, p.deterministic)  # type: ignore[union-attr]
+            rollout = self.sampler.collect(learner.exploration_policy(), tasks, seeds, generators, p.deterministic)  # type: ignore[union-attr]
             returns = episode_returns(rollout, p.episodes)
             successes = episode_successes(rollout, p.episodes)
             first = first_episode_rewards(rollout, self.max_episode_steps)
         else:
-            returns, successes, first = self._run_episodewise(learner, tasks, seeds, generator)  # type: ignore[arg-type]
+            returns, successes, first = self._run_episodewise(learner, tasks, seeds, generators)  # type: ignore[arg-type]
         return MetaTestResult(p, tasks, returns, successes if self.distribution.reports_success else None, first)
 
     def _run_episodewise(
-        self, learner: MetaLearner, tasks: Sequence[Task], seeds: Sequence[int], generator: torch.Generator
+        self, learner: MetaLearner, tasks: Sequence[Task], seeds: Sequence[int], generators: Sequence[torch.Generator]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         p = self.protocol
         returns = np.full((len(tasks), p.episodes), np.nan)
         successes = np.full_like(returns, np.nan)
         first = np.full((len(tasks), self.max_episode_steps), np.nan)
-        for i, (task, seed) in enumerate(zip(tasks, seeds)):
+        for i, (task, seed, generator) in enumerate(zip(tasks, seeds, generators)):
             policy = learner.exploration_policy()
             for k in range(p.episodes):
-                rollout = self._single.collect(policy, [task], [seed + k], generator, p.deterministic,
+                rollout = self._single.collect(policy, [task], [seed + k], [generator], p.deterministic,
                                                steps=self.max_episode_steps)
                 returns[i, k] = episode_returns(rollout, 1)[0, 0]
                 successes[i, k] = episode_successes(rollout, 1)[0, 0]
@@ -233,7 +237,8 @@ class RandomPolicy:
         self, inputs: Tensor, state: None, starts: Starts, generators: Sequence[torch.Generator] | None,
         deterministic: bool = False,
     ) -> tuple[Step, None]:
-        u = torch.rand((len(inputs), len(self.low)), generator=generators)
+        assert generators is not None, "the random policy needs one generator per env"
+        u = random_rows(generators, self.low.shape, torch.rand)
         zeros = torch.zeros(len(inputs))
         return Step(self.low + u * (self.high - self.low), zeros, zeros), None
 

@@ -73,12 +73,14 @@ class TrialSampler:
         policy: Policy[Any],
         tasks: Sequence[Task],
         env_seeds: Sequence[int],
-        generator: torch.Generator | None,
+        generators: Sequence[torch.Generator] | None,
         deterministic: bool = False,
         steps: int | None = None,
     ) -> Rollout:
         """One trial per task (a new trial on the same task starts if one ends early), for
-        `steps` steps (default: E * H)."""
+        `steps` steps (default: E * H). Env b resets from env_seeds[b] and acts with
+        generators[b] (`seeding.task_streams`), so its data depend on its task's stream alone:
+        B tasks collected at once equal the same tasks collected in any split."""
         n = len(tasks)
         if n > len(self.envs):
             raise ValueError(f"{n} tasks but only {len(self.envs)} envs")
@@ -104,7 +106,7 @@ class TrialSampler:
         no_start = Starts(episode=torch.zeros(n, dtype=torch.bool), trial=torch.zeros(n, dtype=torch.bool))
         for t in range(steps):
             x = torch.from_numpy(current)
-            step, state = policy.act(x, state, starts, generator, deterministic)
+            step, state = policy.act(x, state, starts, generators, deterministic)
             if not torch.isfinite(step.actions).all():
                 raise DivergenceError("the policy produced a non-finite action")
             obs[t], actions[t], log_probs[t], values[t] = x, step.actions, step.log_probs, step.values

@@ -2,13 +2,15 @@
 
 Deriving per-epoch generators from the seed, instead of carrying one generator's state through
 the run, makes a resumed run draw exactly what an uninterrupted run draws without saving any RNG
-state: epoch k's tasks, env resets, actions and minibatches depend only on (seed, k).
+state: epoch k's tasks, env resets, actions and minibatches depend only on (seed, k). The resets
+and actions of each env further derive from its task's index in the epoch, so a run's data do
+not depend on how the epoch's tasks are split over samplers or processes.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,14 +46,33 @@ def torch_generator(seed: int, stream: Stream, index: int = 0) -> torch.Generato
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def env_seeds(seed: int, stream: Stream, index: int, n: int) -> list[int]:
-    """One reset seed per env, for the trials of one epoch."""
-    return [int(s) for s in seed_sequence(seed, stream, index).generate_state(n, dtype=np.uint32)]
+def env_seeds(seed: int, stream: Stream, index: int, tasks: Sequence[int]) -> list[int]:
+    """One reset seed per env: env b of evaluation/epoch `index` runs task `tasks[b]` and its seed
+    depends on (seed, stream, index, task index) alone, not on how the tasks are laid out."""
+    return [int(np.random.SeedSequence([seed, int(stream), index, i]).generate_state(1, dtype=np.uint32)[0])
+            for i in tasks]
 
 
-def gaussian_noise(generators: Sequence[torch.Generator] | torch.Generator | None, shape: torch.Size) -> torch.Tensor:
-    """Standard normal noise of `shape` (B, ...): row b from generators[b], so each env's actions
-    depend on its own stream only (a single generator draws all rows)."""
-    if generators is None or isinstance(generators, torch.Generator):
-        return torch.randn(shape, generator=generators)
-    return torch.stack([torch.randn(shape[1:], generator=g) for g in generators])
+def task_generators(seed: int, stream: Stream, index: int, tasks: Sequence[int]) -> list[torch.Generator]:
+    """One torch generator per env, derived from (seed, stream, index, task index) like `env_seeds`."""
+    out = []
+    for i in tasks:
+        state = np.random.SeedSequence([seed, int(stream), index, i]).generate_state(2, dtype=np.uint32)
+        out.append(torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1])))
+    return out
+
+
+def task_streams(
+    seed: int, env_stream: Stream, action_stream: Stream, index: int, tasks: Sequence[int]
+) -> tuple[list[int], list[torch.Generator]]:
+    """(reset seeds, action generators) of the envs that run tasks `tasks` of epoch/evaluation
+    `index`: what `TrialSampler.collect` takes."""
+    return env_seeds(seed, env_stream, index, tasks), task_generators(seed, action_stream, index, tasks)
+
+
+def random_rows(
+    generators: Sequence[torch.Generator], shape: tuple[int, ...], draw: Callable[..., torch.Tensor] = torch.randn
+) -> torch.Tensor:
+    """(B, *shape) random numbers, row b drawn from generators[b] (`draw` is torch.randn or
+    torch.rand), so each env's actions depend on its own stream only."""
+    return torch.stack([draw(shape, generator=g) for g in generators])

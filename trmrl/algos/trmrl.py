@@ -30,7 +30,7 @@ from trmrl.memory import Window, gather_windows
 from trmrl.nets.policy import ActorCritic
 from trmrl.protocols import Starts, Step
 from trmrl.sampler import Rollout, TrialSampler, rollout_metrics
-from trmrl.seeding import Stream, env_seeds, gaussian_noise, torch_generator
+from trmrl.seeding import Stream, random_rows, task_streams, torch_generator
 from trmrl.tasks import Task, TaskDistribution
 from trmrl.trial import forget_previous_episode
 
@@ -66,7 +66,11 @@ class TrMRLPolicy:
     ) -> tuple[Step, Window]:
         state = self._pushed(inputs, state, starts)
         out = self.model(state.buffer, state.length)
-        action = out.mean if deterministic else out.mean + out.log_std.exp() * gaussian_noise(generators, out.mean.shape)
+        if deterministic:
+            action = out.mean
+        else:
+            assert generators is not None, "sampled actions need one generator per env"
+            action = out.mean + out.log_std.exp() * random_rows(generators, out.mean.shape[1:])
         return Step(action, out.log_prob(action), out.value), state
 
     @torch.no_grad()
@@ -186,8 +190,8 @@ class TrMRL:
     def train_iteration(self, tasks: Sequence[Task], epoch: int) -> dict[str, float]:
         seed = self.config.seed
         t0 = time.perf_counter()
-        rollout = self.sampler.collect(self.policy, tasks, env_seeds(seed, Stream.TRAIN_ENVS, epoch, len(tasks)),
-                                       torch_generator(seed, Stream.TRAIN_ACTIONS, epoch))
+        streams = task_streams(seed, Stream.TRAIN_ENVS, Stream.TRAIN_ACTIONS, epoch, range(len(tasks)))
+        rollout = self.sampler.collect(self.policy, tasks, *streams)
         t1 = time.perf_counter()
         metrics = self.set_learning_rates(epoch)
         batch = make_batch(rollout, self.config.ppo, self.policy)
