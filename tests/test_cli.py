@@ -48,7 +48,11 @@ def test_train_then_resume_end_to_end(tmp_path):
     result = trmrl("train", "--resume", str(run), "--total-env-steps", "1280", "--no-progress")
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    # training records at the steps seen after each epoch; meta-tests at the steps seen when they
+    # ran: before epoch 0, and at the end (the dead final meta-test at epoch 2 was dropped)
+    trained = [(r["epoch"], r["charts/env_steps"]) for r in records if "losses/policy_loss" in r]
+    tested = [(r["epoch"], r["charts/env_steps"]) for r in records if "meta_test/episode_0/return" in r]
+    assert trained == [(0, 320), (1, 640), (2, 960), (3, 1280)] and tested == [(0, 0), (4, 1280)]
 
     (run / "checkpoint.pt").write_bytes(b"\x00garbage")
     assert_one_error_line(trmrl("train", "--resume", str(run), "--total-env-steps", "2000"), "corrupt checkpoint")

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trmrl.ppo import bootstrap_targets, clipped_surrogate, discounted_returns, gae, lr_factor, value_loss
+from trmrl.ppo import bootstrap_targets, clipped_surrogate, discounted_returns, gae, lr_factor, lr_schedules, value_loss
 from trmrl.sampler import Rollout
 
 
@@ -42,8 +42,30 @@ def _trial_rollout(terminated_at: int | None = None) -> Rollout:
     return Rollout(
         obs=torch.zeros(T, 1, 3), actions=torch.zeros(T, 1, 1), log_probs=z, values=column(1, 2, 3, 4), rewards=z,
         episode_start=flags(0, 2), trial_start=flags(0), episode_end=flags(1, 3), terminated=terminated,
-        trial_end=flags(3), bootstrap_values=column(0, 10, 0, 20) * (~terminated),
+        trial_end=flags(3), bootstrap_values=column(0, 10, 0, 20) * (~terminated), cut_values=torch.zeros(1),
     )
+
+
+def _cut_rollout() -> Rollout:
+    """B = 1, T = 4 (ant-dir style): the first trial terminates early after step 1, a new trial
+    starts at step 2 and the rollout stops after step 3 in the middle of it; V(next input) = 7."""
+    T = 4
+    z = torch.zeros(T, 1)
+    flags = lambda *ts: torch.tensor([[t in ts] for t in range(T)])  # noqa: E731
+    return Rollout(
+        obs=torch.zeros(T, 1, 3), actions=torch.zeros(T, 1, 1), log_probs=z, values=column(1, 2, 3, 4),
+        rewards=column(1, 1, 1, 1), episode_start=flags(0, 2), trial_start=flags(0, 2), episode_end=flags(1),
+        terminated=flags(1), trial_end=flags(1), bootstrap_values=z, cut_values=torch.tensor([7.0]),
+    )
+
+
+@pytest.mark.parametrize("across,bootstrap", [(True, False), (False, True), (False, False)])
+def test_a_trial_cut_by_the_rollout_bootstraps_from_the_next_value(across, bootstrap):
+    nv, cut = bootstrap_targets(_cut_rollout(), across_episodes=across, bootstrap_truncation=bootstrap)
+    assert nv[:, 0].tolist() == [2, 0, 4, 7]  # 0 at the true termination, V(next input) at the cut
+    assert cut[:, 0].tolist() == [False, True, False, True]
+    returns = discounted_returns(_cut_rollout().rewards, _cut_rollout().values, nv, cut, gamma=0.5)
+    assert returns[:, 0].tolist() == [1.5, 1, 1 + 0.5 * (1 + 0.5 * 7), 1 + 0.5 * 7]
 
 
 def test_bootstrap_targets_across_episodes_paper_style():
@@ -77,9 +99,24 @@ def test_value_losses_by_hand():
     assert value_loss(pred, ret, log_std, "nll").item() == pytest.approx(nll, rel=1e-6)
 
 
-def test_lr_decay_schedule():
-    # cheetah-vel: epochs 100 -> 750, down to 0.1
-    assert lr_factor(99, 100, 750, 0.1) == 1.0
-    assert lr_factor(100, 100, 750, 0.1) == pytest.approx(0.1 ** (1 / 650))
-    assert lr_factor(749, 100, 750, 0.1) == pytest.approx(0.1)
-    assert lr_factor(5000, 100, 750, 0.1) == pytest.approx(0.1)
+def test_lr_decay_counts_gradient_steps_like_the_original():
+    # cheetah-vel: decay from epoch 100 to 750 down to 0.1, milestones every 312 gradient steps
+    assert lr_factor(100 * 312 - 1, 312, 100, 750, 0.1) == 1.0
+    assert lr_factor(100 * 312, 312, 100, 750, 0.1) == pytest.approx(0.1 ** (1 / 650))
+    # an epoch really takes 320 steps, so epoch 100 starts at step 32,000, past 3 milestones
+    assert lr_factor(100 * 320, 312, 100, 750, 0.1) == pytest.approx(0.1 ** (3 / 650))
+    assert lr_factor(749 * 312 - 1, 312, 100, 750, 0.1) == pytest.approx(0.1 ** (649 / 650))
+    assert lr_factor(749 * 312, 312, 100, 750, 0.1) == pytest.approx(0.1)
+    assert lr_factor(10**7, 312, 100, 750, 0.1) == pytest.approx(0.1)
+
+
+def test_the_cheetah_vel_update_runs_320_steps_on_a_312_step_clock():
+    from trmrl.algos.trmrl import TrMRL
+    from trmrl.presets import get_preset
+    from trmrl.tasks import make_task_distribution
+
+    config = get_preset("cheetah-vel")
+    policy, value = lr_schedules(config.ppo, samples_per_epoch=20 * 400)
+    assert policy.steps_per_epoch == value.steps_per_epoch == 312  # floor(10 * 8000 / 256)
+    assert policy(32000) == pytest.approx(3e-5 * 0.1 ** (3 / 650)) and value(32000) == 2.5e-4  # value LR: constant
+    assert TrMRL(config, make_task_distribution("cheetah-vel")).steps_per_epoch == 320  # 10 * ceil(8000 / 256)

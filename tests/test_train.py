@@ -9,6 +9,7 @@ from conftest import tiny_config
 from trmrl import checkpoint
 from trmrl.errors import CheckpointError, DivergenceError
 from trmrl.log import read_metrics
+from trmrl.plot import load_run
 from trmrl.rundir import RunDir
 from trmrl.train import train
 
@@ -23,8 +24,11 @@ def test_run_directory_is_self_describing(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["model"]["window"] == 3
     assert "torch" in json.loads((tmp_path / "versions.json").read_text())
     records = read_metrics(tmp_path)
-    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
-    assert "meta_test/episode_1/return" in records[0] and "meta_test/episode_0/return" not in records[1]
+    trained = [(r["epoch"], r["charts/env_steps"]) for r in records if "losses/policy_loss" in r]
+    tested = [(r["epoch"], r["charts/env_steps"]) for r in records if "meta_test/episode_1/return" in r]
+    assert trained == [(0, 80), (1, 160), (2, 240), (3, 320)]
+    assert tested == [(0, 0), (2, 160), (4, 320)]  # every 2 epochs, at the steps seen, and at the end
+    assert load_run(tmp_path, "adaptation").curve[0].tolist() == [0, 160, 320]  # plotted where measured
     assert list((tmp_path / "tb").iterdir())
     assert checkpoint.load(RunDir(tmp_path).checkpoint)["epoch"] == 4
     assert len(summary["return_per_episode"]) == 3
@@ -39,6 +43,9 @@ def test_same_seed_gives_identical_metrics(tmp_path):
     a, b, c = (without_timing(read_metrics(tmp_path / x)) for x in "abc")
     assert a == b
     assert a != c
+    # the meta-tests of both training seeds ran on the same held-out tasks (eval.seed)
+    tasks = [json.loads((tmp_path / x / "eval" / "adaptation.json").read_text())["tasks"] for x in "ac"]
+    assert tasks[0] == tasks[1]
 
 
 def test_resume_matches_an_uninterrupted_run(tmp_path):

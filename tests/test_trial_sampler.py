@@ -108,5 +108,6 @@ def test_data_do_not_depend_on_how_tasks_are_split_over_samplers(name):
     for field in ("obs", "actions", "log_probs", "values", "rewards", "bootstrap_values"):
         joined = torch.cat([getattr(h, field) for h in halves], dim=1)
         assert torch.allclose(getattr(together, field), joined, rtol=0, atol=1e-4), field
+    assert torch.allclose(together.cut_values, torch.cat([h.cut_values for h in halves]), rtol=0, atol=1e-4)
     if name == "point-nav":
         assert not torch.equal(together.actions[:, 0], together.actions[:, 1])  # streams differ per task

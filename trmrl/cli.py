@@ -127,7 +127,8 @@ def eval_command(args: list[str]) -> None:
     parser.add_argument("--n-tasks", type=int, default=None, help="tasks (protocol default)")
     parser.add_argument("--episodes", type=int, default=None, help="episodes per trial (protocol default)")
     parser.add_argument("--sampled", action="store_true", help="sample actions instead of the mean")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the held-out tasks (default: the run's)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the held-out tasks (default: the run's eval.seed, shared by all its seeds)")
     parser.add_argument("--attention", action="store_true", help="also save and plot attention over one trial")
     ns = parser.parse_args(args)
     for name in ("n_tasks", "episodes"):
@@ -138,7 +139,7 @@ def eval_command(args: list[str]) -> None:
         raise ConfigError(f"--attention shows TrMRL's attention; this run's algorithm is '{config.algo}'")
     protocol = resolve_protocol(ns.protocol, config.task.name, n_tasks=ns.n_tasks, episodes=ns.episodes,
                                 deterministic=not ns.sampled)
-    seed = config.seed if ns.seed is None else ns.seed
+    seed = config.eval.seed if ns.seed is None else ns.seed
     tester = MetaTester(make_task_distribution(config.task.name), protocol, config.task.max_episode_steps, seed)
     result = tester.run(algorithm.meta_learner())
     json_path, csv_path = result.write(run.eval)

@@ -179,6 +179,9 @@ class EvalConfig:
     """Episodes per trial of the meta-test after training."""
     deterministic: bool = True
     """Act with the policy mean (paper) instead of sampling."""
+    seed: int = 0
+    """Seed of the meta-test tasks, resets and actions, independent of the training seed, so
+    that runs of several training seeds are tested on the same held-out tasks."""
 
     def __post_init__(self) -> None:
         _require(self.every_epochs >= 0, "eval.every_epochs must be >= 0")

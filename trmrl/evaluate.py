@@ -252,7 +252,7 @@ def final_meta_test(config: TrainConfig, learner: MetaLearner, distribution: Tas
     written to eval_dir/adaptation.{json,csv} and eval_dir/adaptation-random.{json,csv}."""
     e = config.eval
     tester = MetaTester(distribution, final_test(e.final_n_tasks, e.final_episodes, e.deterministic),
-                        config.task.max_episode_steps, config.seed)
+                        config.task.max_episode_steps, e.seed)
     result = tester.run(learner)
     space = tester.sampler.envs[0].action_space
     random = tester.run(RandomPolicy(space.low, space.high))

@@ -29,8 +29,11 @@ class MetricLogger:
             records = read_metrics(run.root)
             kept = [r for r in records if r["epoch"] < completed_epochs]
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            dropped = [r["charts/env_steps"] for r in records if r["epoch"] >= completed_epochs]
-            purge_step = min(dropped) if dropped else None
+            if len(kept) < len(records):
+                # TensorBoard drops every event at or after purge_step, whatever its tag; a meta-test
+                # is logged at the env steps of the training record before it, so purge only past
+                # the last kept record (at worst a meta-test is then written twice, identically).
+                purge_step = max((r["charts/env_steps"] for r in kept), default=-1) + 1
         self.writer = SummaryWriter(str(run.tensorboard), purge_step=purge_step)
 
     def log(self, epoch: int, env_steps: int, metrics: dict[str, float]) -> None:

@@ -42,17 +42,24 @@ def load_run(path: Path, protocol: str) -> Run:
     if not run.metrics.is_file():
         raise CheckpointError(f"{path} is not a run directory (no metrics.jsonl)")
     records = read_metrics(path)
-    steps_per_epoch = records[0]["charts/env_steps"] // (records[0]["epoch"] + 1) if records else 0
     steps, values = [], []
     for record in records:
         episodes = [v for k, v in record.items() if META_TEST.fullmatch(k)]
         if episodes:
-            # the meta-test logged with epoch e ran before that epoch's sampling
-            steps.append(record["epoch"] * steps_per_epoch)
+            steps.append(_measured_at(record))
             values.append(float(np.mean(episodes)))
     result = run.eval_result(protocol)
     adaptation = json.loads(result.read_text()) if result.is_file() else None
     return Run(group_label(path), path, (np.array(steps), np.array(values)), adaptation)
+
+
+def _measured_at(record: dict) -> int:
+    """Env steps the agent had seen when a meta-test record was measured. Meta-tests have their own
+    records at those steps; runs written before that shared the epoch's training record, logged
+    one epoch later, and ran before that epoch's sampling."""
+    if "time/update" not in record:
+        return record["charts/env_steps"]
+    return record["charts/env_steps"] // (record["epoch"] + 1) * record["epoch"]
 
 
 def _band(ax, x: np.ndarray, stats: list[Aggregate], which: str, label: str, color: str) -> None:

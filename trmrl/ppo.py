@@ -13,6 +13,7 @@ recursion after step t:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -45,26 +46,75 @@ def bootstrap_targets(rollout: Rollout, across_episodes: bool, bootstrap_truncat
 
     Inside a trial the next value is V of the next step, also across an inner episode boundary
     when `across_episodes` (the paper: the trial is one episode of the meta-MDP). Where the
-    recursion is cut (a trial end, the rollout's last step, or an episode end when not
-    `across_episodes`), a true termination bootstraps from 0 and a time limit from
-    V(final observation) if `bootstrap_truncation`, else from 0 (the original code).
+    recursion is cut by the task (a trial end, or an episode end when not `across_episodes`), a
+    true termination bootstraps from 0 and a time limit from V(final observation) if
+    `bootstrap_truncation`, else from 0 (the original code). Where the rollout stops inside a
+    trial, the trial is not over: it bootstraps from V of the next input (`cut_values`), as if
+    the rollout had gone on (the original collects whole trials).
+
+        step                 0    1    2    3 (= T-1)         trial ends after step 1
+        trial_end            0    1    0    0                 and goes on after step 3
+        cut                  0    1    0    1
+        next_values          v1   0*   v3   V(next input)     * V(final obs) or 0, as above
     """
     values = rollout.values
     v_next = torch.cat([values[1:], torch.zeros_like(values[:1])])
     cut = rollout.trial_end.clone()
-    cut[-1] = True
     if not across_episodes:
         cut |= rollout.episode_end
     at_time_limit = rollout.bootstrap_values if bootstrap_truncation else torch.zeros_like(values)
     at_cut = torch.where(rollout.terminated, 0.0, at_time_limit)
-    return torch.where(cut, at_cut, v_next), cut
+    next_values = torch.where(cut, at_cut, v_next)
+    stopped_inside = ~cut[-1]
+    next_values[-1] = torch.where(stopped_inside, rollout.cut_values, next_values[-1])
+    cut[-1] = True
+    return next_values, cut
 
 
-def lr_factor(epoch: int, start: int, end: int, min_factor: float) -> float:
-    """The original code's LR decay: multiply by min_factor^(1/(end-start)) once per epoch from
-    epoch `start` on, (end - start) times in all, then hold at min_factor."""
-    decays = min(max(epoch - start + 1, 0), end - start)
+def lr_factor(step: int, steps_per_epoch: int, start: int, end: int, min_factor: float) -> float:
+    """The original code's LR decay, counted in gradient steps: the LR is multiplied by
+    min_factor^(1/(end-start)) at each milestone step (start + j) * steps_per_epoch,
+    j = 0 .. end-start-1, so that gradient step `step` (0-based) runs at
+    min_factor^(#milestones <= step / (end-start)).
+
+    `steps_per_epoch` is the original's nominal floor(update_epochs * samples / minibatch_size)
+    (312 for the MuJoCo presets), while an epoch really takes update_epochs *
+    ceil(samples / minibatch_size) steps (320): the decay starts and ends about 2.5% earlier than
+    the epoch numbers say, as in the original.
+    """
+    decays = min(max(step // steps_per_epoch - start + 1, 0), end - start)
     return min_factor ** (decays / (end - start))
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """One optimiser's learning rate by gradient step: constant, or `lr_factor` decay."""
+
+    lr: float
+    decay: bool
+    start: int
+    end: int
+    min_factor: float
+    steps_per_epoch: int
+
+    def __call__(self, step: int) -> float:
+        if not self.decay:
+            return self.lr
+        return self.lr * lr_factor(step, self.steps_per_epoch, self.start, self.end, self.min_factor)
+
+
+def lr_schedules(config: PPOConfig, samples_per_epoch: int) -> tuple[LRSchedule, LRSchedule]:
+    """(policy, value) schedules of an update over `samples_per_epoch` samples per epoch."""
+    nominal = max(1, config.update_epochs * samples_per_epoch // config.minibatch_size)
+    shared = dict(start=config.decay_epoch_start, end=config.decay_epoch_end, min_factor=config.min_lr_factor,
+                  steps_per_epoch=nominal)
+    return (LRSchedule(config.policy_lr, config.policy_lr_decay, **shared),  # type: ignore[arg-type]
+            LRSchedule(config.value_lr, config.value_lr_decay, **shared))  # type: ignore[arg-type]
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def clipped_surrogate(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, clip_coef: float) -> Tensor:

@@ -39,7 +39,9 @@ class Rollout:
     terminated: Tensor  # (T, B) bool: ... by a true termination
     trial_end: Tensor  # (T, B) bool: the trial ended after step t
     bootstrap_values: Tensor  # (T, B) V(final observation) where an episode hit its time limit
-    # after step t, and V(next observation) at t = T-1 where the trial goes on; 0 elsewhere
+    # after step t; 0 elsewhere
+    cut_values: Tensor  # (B,) V of the input after step T-1 where the rollout stopped inside a
+    # trial (the trial goes on: what it bootstraps from); 0 where the trial ended at T-1
     success: Tensor | None = None  # (T, B) bool: the env reported info["success"] after step t
 
     @property
@@ -135,14 +137,15 @@ class TrialSampler:
                 bootstrap[t] = torch.where(truncated, v_final, 0.0)
             starts = Starts(episode=flags["episode_end"][t].clone(), trial=flags["trial_end"][t].clone())
 
-        # A trial still running when the rollout stops mid-episode is cut off there: bootstrap
-        # from V(next observation). (An episode that ended exactly at the cut keeps its own.)
-        running = ~flags["trial_end"][-1] & ~flags["episode_end"][-1]
+        # A trial still running when the rollout stops (early terminations restarted it, e.g.
+        # ant-dir) is cut off by the rollout, not by the task: keep V of what comes next.
+        running = ~flags["trial_end"][-1]
+        cut_values = torch.zeros(n)
         if running.any():
             with torch.no_grad():
-                v_next = policy.value(torch.from_numpy(current), state, starts)
-            bootstrap[-1] = torch.where(running, v_next, bootstrap[-1])
-        return Rollout(obs, actions, log_probs, values, rewards, bootstrap_values=bootstrap, **flags)
+                cut_values = torch.where(running, policy.value(torch.from_numpy(current), state, starts), 0.0)
+        return Rollout(obs, actions, log_probs, values, rewards, bootstrap_values=bootstrap, cut_values=cut_values,
+                       **flags)
 
 
 def _first_trial_episodes(rollout: Rollout, n_episodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

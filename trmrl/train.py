@@ -39,19 +39,24 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
     logger = MetricLogger(run, completed_epochs=start if resume else None)
     e = config.eval
     tester = MetaTester(distribution, during_training(e.n_tasks, e.episodes, e.deterministic),
-                        config.task.max_episode_steps, config.seed)
+                        config.task.max_episode_steps, e.seed)
     end = config.n_epochs if max_epochs is None else min(config.n_epochs, start + max_epochs)
     steps = config.steps_per_epoch
     bar = tqdm(total=config.n_epochs * steps, initial=start * steps, unit="step", unit_scale=True,
                disable=not config.progress, dynamic_ncols=True, desc=config.preset)
+
+    def meta_test(epoch: int) -> None:
+        """The during-training protocol on the agent that has seen `epoch` epochs, logged at the
+        env steps it had seen (before epoch `epoch` samples)."""
+        logger.log(epoch, epoch * steps, tester.run(algorithm.meta_learner(), index=epoch).metrics())
+
     try:
         for epoch in range(start, end):
-            metrics: dict[str, float] = {}
             if e.every_epochs and epoch % e.every_epochs == 0:
-                metrics |= tester.run(algorithm.meta_learner(), index=epoch).metrics()
+                meta_test(epoch)
             rng = numpy_rng(config.seed, Stream.TRAIN_TASKS, epoch)
             tasks = distribution.sample(rng, config.task.tasks_per_epoch, "train")
-            metrics |= algorithm.train_iteration(tasks, epoch)
+            metrics = algorithm.train_iteration(tasks, epoch)
             logger.log(epoch, (epoch + 1) * steps, metrics)
             if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == end:
                 checkpoint.save(run.checkpoint, {"epoch": epoch + 1, "env_steps": (epoch + 1) * steps,
@@ -59,6 +64,8 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
             bar.update(steps)
             elapsed = metrics["time/sampling"] + metrics["time/update"]
             bar.set_postfix(ret=f"{metrics['charts/episode_return']:.3g}", sps=f"{steps / elapsed:.0f}")
+        if end == config.n_epochs and e.every_epochs:
+            meta_test(end)  # the learning curve ends at the budget
     except DivergenceError as exc:
         kept = f"last good checkpoint kept at {run.checkpoint}" if run.checkpoint.exists() else "no checkpoint was written yet"
         raise DivergenceError(f"training stopped at epoch {epoch}: {exc}; {kept}") from exc

@@ -14,6 +14,7 @@ A action dim.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -119,16 +120,26 @@ def ppo_update(
     batch: Batch,
     config: PPOConfig,
     generator: torch.Generator,
+    schedules: tuple[ppo.LRSchedule, ppo.LRSchedule],
+    first_step: int,
 ) -> dict[str, float]:
     """The paper's update: `update_epochs` shuffled passes of policy minibatch steps, then as
-    many of value steps (each phase with its own AdamW). Returns `losses/...` metrics."""
+    many of value steps (each phase with its own AdamW), the learning rates set before every
+    step from `schedules` (policy, value), counting gradient steps from `first_step`.
+    Returns `losses/...` and `charts/..._lr` metrics."""
     n = len(batch)
     policy_params = list(model.policy_parameters())
     value_params = list(model.value_parameters())
     stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "approx_kl": [], "clipfrac": []}
-    for phase in ("policy", "value"):
+    rates: dict[str, float] = {}
+    for phase, optimizer, schedule in (("policy", policy_optimizer, schedules[0]),
+                                       ("value", value_optimizer, schedules[1])):
+        step = first_step
         for _ in range(config.update_epochs):
             for index in torch.randperm(n, generator=generator).split(config.minibatch_size):
+                rates[f"charts/{phase}_lr"] = schedule(step)
+                ppo.set_lr(optimizer, rates[f"charts/{phase}_lr"])
+                step += 1
                 windows, lengths = batch.windows[index], batch.lengths[index]
                 if phase == "value":
                     predicted = model.value(windows, lengths)
@@ -149,7 +160,7 @@ def ppo_update(
                     stats["approx_kl"].append(((log_ratio.exp() - 1) - log_ratio).mean().item())
                     stats["clipfrac"].append(((log_ratio.exp() - 1).abs() > config.clip_coef).float().mean().item())
                     stats["policy_loss"].append(loss.item())
-    out_stats = {f"losses/{k}": sum(v) / len(v) for k, v in stats.items()}
+    out_stats = {f"losses/{k}": sum(v) / len(v) for k, v in stats.items()} | rates
     out_stats["losses/explained_variance"] = ppo.explained_variance(batch.values, batch.returns)
     with torch.no_grad():
         out_stats["losses/entropy"] = float(model(batch.windows[:1], batch.lengths[:1]).entropy())
@@ -173,19 +184,10 @@ class TrMRL:
         self.value_optimizer = torch.optim.AdamW(self.model.value_parameters(), lr=config.ppo.value_lr,
                                                  weight_decay=wd, fused=True)
         self.policy = TrMRLPolicy(self.model, config.model.memory_scope)
-
-    def set_learning_rates(self, epoch: int) -> dict[str, float]:
-        p = self.config.ppo
-        factor = ppo.lr_factor(epoch, p.decay_epoch_start, p.decay_epoch_end, p.min_lr_factor)
-        rates = {
-            "charts/policy_lr": p.policy_lr * (factor if p.policy_lr_decay else 1.0),
-            "charts/value_lr": p.value_lr * (factor if p.value_lr_decay else 1.0),
-        }
-        for group in self.policy_optimizer.param_groups:
-            group["lr"] = rates["charts/policy_lr"]
-        for group in self.value_optimizer.param_groups:
-            group["lr"] = rates["charts/value_lr"]
-        return rates
+        samples = t.tasks_per_epoch * t.steps_per_trial
+        self.schedules = ppo.lr_schedules(config.ppo, samples)
+        # gradient steps per phase and epoch: the LR schedule's clock, derived, so resuming needs no counter
+        self.steps_per_epoch = config.ppo.update_epochs * math.ceil(samples / config.ppo.minibatch_size)
 
     def train_iteration(self, tasks: Sequence[Task], epoch: int) -> dict[str, float]:
         seed = self.config.seed
@@ -193,10 +195,10 @@ class TrMRL:
         streams = task_streams(seed, Stream.TRAIN_ENVS, Stream.TRAIN_ACTIONS, epoch, range(len(tasks)))
         rollout = self.sampler.collect(self.policy, tasks, *streams)
         t1 = time.perf_counter()
-        metrics = self.set_learning_rates(epoch)
         batch = make_batch(rollout, self.config.ppo, self.policy)
-        metrics |= ppo_update(self.model, self.policy_optimizer, self.value_optimizer, batch, self.config.ppo,
-                              torch_generator(seed, Stream.MINIBATCHES, epoch))
+        metrics = ppo_update(self.model, self.policy_optimizer, self.value_optimizer, batch, self.config.ppo,
+                             torch_generator(seed, Stream.MINIBATCHES, epoch), self.schedules,
+                             epoch * self.steps_per_epoch)
         t2 = time.perf_counter()
         return metrics | rollout_metrics(rollout) | {
             "time/sampling": t1 - t0, "time/update": t2 - t1,
