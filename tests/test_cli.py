@@ -29,6 +29,8 @@ def assert_one_error_line(result, *fragments):
         (["train", "point-nav", "--model.window", "0"], ["model.window must be >= 1"]),
         (["train", "point-nav", "--ppo.decay-epoch-start", "9", "--ppo.decay-epoch-end", "3"], ["decay_epoch_start"]),
         (["evaluate"], ["unknown command"]),
+        (["train", "point-nav", "--algo", "nosuch"], ["unknown algorithm 'nosuch'", "trmrl"]),
+        (["train", "point-nav", "--task.name", "nosuch"], ["unknown task 'nosuch'", "cheetah-vel"]),
     ],
 )
 def test_bad_input_gives_one_clear_line(args, fragments):
@@ -39,9 +41,10 @@ def test_train_then_resume_end_to_end(tmp_path):
     run = tmp_path / "run"
     small = ["--total-env-steps", "640", "--task.tasks-per-epoch", "8", "--eval.n-tasks", "4",
              "--eval.final-n-tasks", "4", "--model.d-model", "16", "--run-dir", str(run), "--no-progress"]
-    result = trmrl("train", "point-nav", *small)
+    result = trmrl("train", "point-nav", "--algo", "trmrl", *small)
     assert result.returncode == 0, result.stderr
     assert "random policy" in result.stdout and f"run directory: {run}" in result.stdout
+    assert json.loads((run / "config.json").read_text())["algo"] == "trmrl"
     assert len(json.loads((run / "eval" / "adaptation.json").read_text())["per_episode"]) == 4
     assert_one_error_line(trmrl("train", "point-nav", *small), "already holds a run", "--resume")
 
@@ -57,6 +60,15 @@ def test_train_then_resume_end_to_end(tmp_path):
     (run / "checkpoint.pt").write_bytes(b"\x00garbage")
     assert_one_error_line(trmrl("train", "--resume", str(run), "--total-env-steps", "2000"), "corrupt checkpoint")
     assert_one_error_line(trmrl("train", "--resume", str(tmp_path / "nowhere")), "not a run directory")
+
+
+def test_algos_and_presets_list_what_is_registered():
+    result = trmrl("algos")
+    assert result.returncode == 0 and result.stdout.startswith("trmrl ")
+    result = trmrl("presets")
+    assert result.returncode == 0
+    for name in ("point-nav", "cheetah-vel-ood", "ant-dir"):
+        assert f"  {name} " in result.stdout
 
 
 def test_missing_simulator_is_one_clear_line():

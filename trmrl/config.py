@@ -222,6 +222,14 @@ class TrainConfig:
         _require(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
         _require(self.torch_threads >= 0, "torch_threads must be >= 0")
 
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with `changes`; a section takes a dict of its own changes, e.g.
+        `config.replace(seed=2, model={"window": 1})`. Validated like any config."""
+        for name, value in changes.items():
+            if isinstance(value, dict):
+                changes[name] = dataclasses.replace(getattr(self, name), **value)
+        return dataclasses.replace(self, **changes)
+
     @property
     def steps_per_epoch(self) -> int:
         """B * T environment steps collected per epoch."""
