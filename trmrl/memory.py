@@ -40,7 +40,7 @@ class Window:
         """Empty the windows where `clear` (B,) is True, then append one input (B, O) to every
         window, dropping the oldest from full ones."""
         buffer, length = self.buffer, self.length
-        if clear is not None:
+        if clear is not None and clear.any():
             buffer = torch.where(clear[:, None, None], self.pad_value, buffer)
             length = torch.where(clear, 0, length)
         full = length == self.window

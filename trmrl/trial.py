@@ -36,6 +36,8 @@ def augmented_dim(obs_dim: int, act_dim: int) -> int:
 def forget_previous_episode(inputs: Tensor, episode_start: Tensor, act_dim: int) -> Tensor:
     """Zero a_{t-1} and r_{t-1} where a new episode starts, so that nothing of the previous
     episode reaches the policy (the boundary flag stays). inputs (..., O), episode_start (...)."""
+    if not episode_start.any():  # most sampler steps: nothing to hide
+        return inputs
     obs_dim = inputs.shape[-1] - act_dim - 2
     carried = torch.zeros(inputs.shape[-1], dtype=torch.bool)
     carried[obs_dim : obs_dim + act_dim + 1] = True
