@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from trmrl.log import read_metrics
+from trmrl.rundir import RunDir
 
 
 def _epoch_steps(record: dict[str, float]) -> float:
@@ -22,9 +23,9 @@ def _epoch_steps(record: dict[str, float]) -> float:
 
 
 def summarize(run_dir: Path) -> dict[str, float]:
-    records = read_metrics(run_dir)
+    records = [r for r in read_metrics(run_dir) if "time/sampling" in r]  # training records, not meta-tests
     steady = records[1:] or records
-    config = json.loads((run_dir / "config.json").read_text())
+    config = json.loads(RunDir(run_dir).config.read_text())
     median = lambda key: statistics.median(r[key] for r in steady)  # noqa: E731
     return {
         "run": run_dir.name,

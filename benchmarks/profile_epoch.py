@@ -14,7 +14,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from trmrl.algos.trmrl import TrMRL, make_batch, ppo_update
 from trmrl.presets import get_preset
-from trmrl.seeding import Stream, env_seeds, numpy_rng, torch_generator
+from trmrl.seeding import Stream, numpy_rng, task_streams
 from trmrl.tasks import make_task_distribution
 
 
@@ -31,12 +31,12 @@ def main() -> None:
     tasks = distribution.sample(numpy_rng(0, Stream.TRAIN_TASKS, 0), config.task.tasks_per_epoch, "train")
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         with record_function("sampling"):
-            rollout = sampler.collect(learner.policy, tasks, env_seeds(0, Stream.TRAIN_ENVS, 0, len(tasks)),
-                                      torch_generator(0, Stream.TRAIN_ACTIONS, 0))
+            streams = task_streams(0, Stream.TRAIN_ENVS, Stream.TRAIN_ACTIONS, 0, range(len(tasks)))
+            rollout = sampler.collect(learner.policy, tasks, *streams)
         with record_function("update"):
             batch = make_batch(rollout, config.ppo, learner.policy)
             ppo_update(learner.model, learner.policy_optimizer, learner.value_optimizer, batch, config.ppo,
-                       torch.Generator().manual_seed(0))
+                       torch.Generator().manual_seed(0), learner.schedules, first_step=0)
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
     phases = {e.key: e.cpu_time_total for e in events if e.key in ("sampling", "update")}

@@ -30,7 +30,7 @@ import torch
 from trmrl.algos.trmrl import TrMRL, TrMRLPolicy, make_batch, ppo_update
 from trmrl.config import TrainConfig
 from trmrl.presets import get_preset
-from trmrl.seeding import Stream, env_seeds, numpy_rng, torch_generator
+from trmrl.seeding import Stream, numpy_rng, task_streams
 from trmrl.tasks import make_task_distribution
 from trmrl.train import train
 
@@ -146,12 +146,14 @@ def sample_and_update(config: TrainConfig) -> dict[str, float]:
     sampler = learner.sampler
     tasks = distribution.sample(numpy_rng(0, Stream.TRAIN_TASKS, 0), config.task.tasks_per_epoch, "train")
     policy = TimedPolicy(learner.policy)
+    streams = task_streams(0, Stream.TRAIN_ENVS, Stream.TRAIN_ACTIONS, 0, range(len(tasks)))
     start = time.perf_counter()
-    rollout = sampler.collect(policy, tasks, env_seeds(0, Stream.TRAIN_ENVS, 0, len(tasks)), torch_generator(0, Stream.TRAIN_ACTIONS, 0))
+    rollout = sampler.collect(policy, tasks, *streams)
     sampling = time.perf_counter() - start
     start = time.perf_counter()
     batch = make_batch(rollout, config.ppo, learner.policy)
-    ppo_update(learner.model, learner.policy_optimizer, learner.value_optimizer, batch, config.ppo, torch.Generator().manual_seed(0))
+    ppo_update(learner.model, learner.policy_optimizer, learner.value_optimizer, batch, config.ppo,
+               torch.Generator().manual_seed(0), learner.schedules, first_step=0)
     update = time.perf_counter() - start
     passes = config.ppo.update_epochs * len(batch)
     flops = model_flops_per_window(config, sampler.obs_dim, sampler.act_dim) * passes
