@@ -12,7 +12,7 @@ recursion after step t:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -158,3 +158,64 @@ def advantages_and_returns(rollout: Rollout, config: PPOConfig) -> tuple[Tensor,
     advantages = gae(rollout.rewards, rollout.values, next_values, cut, config.gamma, config.gae_lambda)
     returns = discounted_returns(rollout.rewards, rollout.values, next_values, cut, config.gamma)
     return advantages, returns
+
+
+PolicyTerms = Callable[[Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]
+"""Minibatch index (items) -> (log-probs now, log-probs at sampling, advantages, entropy): the
+first three flattened over the minibatch's valid steps, entropy a scalar."""
+ValueTerms = Callable[[Tensor], tuple[Tensor, Tensor]]
+"""Minibatch index (items) -> (values now, value targets), flattened over the valid steps."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of the update: its optimiser, the parameters it steps (for gradient clipping)
+    and its learning-rate schedule."""
+
+    optimizer: torch.optim.Optimizer
+    params: Sequence[Tensor]
+    schedule: LRSchedule
+
+
+def ppo_update(
+    n_items: int,
+    items_per_minibatch: int,
+    policy: tuple[Phase, PolicyTerms],
+    value: tuple[Phase, ValueTerms],
+    value_log_std: Tensor,
+    config: PPOConfig,
+    generator: torch.Generator,
+    first_step: int,
+) -> dict[str, float]:
+    """The paper's update: `update_epochs` shuffled passes of policy minibatch steps, then as
+    many of value steps, each phase with its own optimiser and its learning rate set before every
+    step from its schedule (gradient steps counted from `first_step`). An item is whatever the
+    algorithm samples independently (TrMRL: a window; RL^2: a sequence chunk). Returns
+    `losses/...` and `charts/..._lr` metrics."""
+    stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "approx_kl": [], "clipfrac": []}
+    rates: dict[str, float] = {}
+    for name, (phase, terms) in (("policy", policy), ("value", value)):
+        step = first_step
+        for _ in range(config.update_epochs):
+            for index in torch.randperm(n_items, generator=generator).split(items_per_minibatch):
+                rates[f"charts/{name}_lr"] = phase.schedule(step)
+                set_lr(phase.optimizer, rates[f"charts/{name}_lr"])
+                step += 1
+                if name == "value":
+                    predicted, returns = terms(index)  # type: ignore[misc]
+                    loss = value_loss(predicted, returns, value_log_std, config.value_loss)
+                    gradient_step(loss, phase.optimizer, phase.params, config.max_grad_norm, "value")
+                    stats["value_loss"].append(loss.item())
+                    continue
+                log_probs, old_log_probs, advantages, entropy = terms(index)  # type: ignore[misc]
+                if config.norm_adv and len(advantages) > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                loss = clipped_surrogate(log_probs, old_log_probs, advantages, config.clip_coef)
+                loss = loss - config.ent_coef * entropy
+                gradient_step(loss, phase.optimizer, phase.params, config.max_grad_norm, "policy")
+                with torch.no_grad():
+                    log_ratio = log_probs - old_log_probs
+                    stats["approx_kl"].append(((log_ratio.exp() - 1) - log_ratio).mean().item())
+                    stats["clipfrac"].append(((log_ratio.exp() - 1).abs() > config.clip_coef).float().mean().item())
+                    stats["policy_loss"].append(loss.item())
+    return {f"losses/{k}": sum(v) / len(v) for k, v in stats.items()} | rates

@@ -123,49 +123,25 @@ def ppo_update(
     schedules: tuple[ppo.LRSchedule, ppo.LRSchedule],
     first_step: int,
 ) -> dict[str, float]:
-    """The paper's update: `update_epochs` shuffled passes of policy minibatch steps, then as
-    many of value steps (each phase with its own AdamW), the learning rates set before every
-    step from `schedules` (policy, value), counting gradient steps from `first_step`.
-    Returns `losses/...` and `charts/..._lr` metrics."""
-    n = len(batch)
-    policy_params = list(model.policy_parameters())
-    value_params = list(model.value_parameters())
-    stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "approx_kl": [], "clipfrac": []}
-    rates: dict[str, float] = {}
-    for phase, optimizer, schedule in (("policy", policy_optimizer, schedules[0]),
-                                       ("value", value_optimizer, schedules[1])):
-        step = first_step
-        for _ in range(config.update_epochs):
-            for index in torch.randperm(n, generator=generator).split(config.minibatch_size):
-                rates[f"charts/{phase}_lr"] = schedule(step)
-                ppo.set_lr(optimizer, rates[f"charts/{phase}_lr"])
-                step += 1
-                windows, lengths = batch.windows[index], batch.lengths[index]
-                if phase == "value":
-                    predicted = model.value(windows, lengths)
-                    loss = ppo.value_loss(predicted, batch.returns[index], model.value_log_std, config.value_loss)
-                    ppo.gradient_step(loss, value_optimizer, value_params, config.max_grad_norm, "value")
-                    stats["value_loss"].append(loss.item())
-                    continue
-                out = model(windows, lengths)
-                log_probs = out.log_prob(batch.actions[index])
-                advantages = batch.advantages[index]
-                if config.norm_adv and len(index) > 1:
-                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-                loss = ppo.clipped_surrogate(log_probs, batch.log_probs[index], advantages, config.clip_coef)
-                loss = loss - config.ent_coef * out.entropy()
-                ppo.gradient_step(loss, policy_optimizer, policy_params, config.max_grad_norm, "policy")
-                with torch.no_grad():
-                    log_ratio = log_probs - batch.log_probs[index]
-                    stats["approx_kl"].append(((log_ratio.exp() - 1) - log_ratio).mean().item())
-                    stats["clipfrac"].append(((log_ratio.exp() - 1).abs() > config.clip_coef).float().mean().item())
-                    stats["policy_loss"].append(loss.item())
-    out_stats = {f"losses/{k}": sum(v) / len(v) for k, v in stats.items()} | rates
-    out_stats["losses/explained_variance"] = ppo.explained_variance(batch.values, batch.returns)
+    """`ppo.ppo_update` over the epoch's windows, each an independent sample."""
+
+    def policy_terms(index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        out = model(batch.windows[index], batch.lengths[index])
+        return out.log_prob(batch.actions[index]), batch.log_probs[index], batch.advantages[index], out.entropy()
+
+    def value_terms(index: Tensor) -> tuple[Tensor, Tensor]:
+        return model.value(batch.windows[index], batch.lengths[index]), batch.returns[index]
+
+    stats = ppo.ppo_update(
+        len(batch), config.minibatch_size,
+        (ppo.Phase(policy_optimizer, list(model.policy_parameters()), schedules[0]), policy_terms),
+        (ppo.Phase(value_optimizer, list(model.value_parameters()), schedules[1]), value_terms),
+        model.value_log_std, config, generator, first_step)
+    stats["losses/explained_variance"] = ppo.explained_variance(batch.values, batch.returns)
     with torch.no_grad():
-        out_stats["losses/entropy"] = float(model(batch.windows[:1], batch.lengths[:1]).entropy())
-        out_stats["charts/action_std"] = float(model.log_std.exp().mean())
-    return out_stats
+        stats["losses/entropy"] = float(model(batch.windows[:1], batch.lengths[:1]).entropy())
+        stats["charts/action_std"] = float(model.log_std.exp().mean())
+    return stats
 
 
 class TrMRL:
