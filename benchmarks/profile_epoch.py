@@ -35,7 +35,7 @@ def main() -> None:
             rollout = sampler.collect(learner.policy, tasks, *streams)
         with record_function("update"):
             batch = make_batch(rollout, config.ppo, learner.policy)
-            ppo_update(learner.model, learner.policy_optimizer, learner.value_optimizer, batch, config.ppo,
+            ppo_update(learner.model, learner.optimizers.policy, learner.optimizers.value, batch, config.ppo,
                        torch.Generator().manual_seed(0), learner.schedules, first_step=0)
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)

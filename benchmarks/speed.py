@@ -152,7 +152,7 @@ def sample_and_update(config: TrainConfig) -> dict[str, float]:
     sampling = time.perf_counter() - start
     start = time.perf_counter()
     batch = make_batch(rollout, config.ppo, learner.policy)
-    ppo_update(learner.model, learner.policy_optimizer, learner.value_optimizer, batch, config.ppo,
+    ppo_update(learner.model, learner.optimizers.policy, learner.optimizers.value, batch, config.ppo,
                torch.Generator().manual_seed(0), learner.schedules, first_step=0)
     update = time.perf_counter() - start
     passes = config.ppo.update_epochs * len(batch)

@@ -35,7 +35,7 @@ def _parse_config(preset: str, args: Sequence[str]) -> TrainConfig:
 
     from trmrl.presets import get_preset
 
-    default = get_preset(preset)
+    default = get_preset(preset, _algo_argument(args))
     prog = f"trmrl train {preset}"
     if any(a in ("-h", "--help") for a in args):
         return tyro.cli(TrainConfig, default=default, args=args, prog=prog)
@@ -47,6 +47,16 @@ def _parse_config(preset: str, args: Sequence[str]) -> TrainConfig:
         if exc.code in (0, None):
             raise
         raise ConfigError(_one_line(captured.getvalue()) + f" (see {prog} --help)") from None
+
+
+def _algo_argument(args: Sequence[str]) -> str | None:
+    """The value of --algo, if given: it picks the preset's settings for that algorithm."""
+    for i, arg in enumerate(args):
+        if arg == "--algo" and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--algo="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def _one_line(report: str) -> str:

@@ -103,6 +103,38 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class RL2Config:
+    """The RL^2 agent (`--algo rl2`): a recurrent policy over the same trial inputs, its hidden
+    state carried across the episodes of a trial and reset at a trial start, and a separate
+    recurrent critic (the value of a trial state depends on the hidden task, which only the
+    history reveals). Trained with PPO and truncated backpropagation through time."""
+
+    cell: Literal["gru", "lstm"] = "gru"
+    """Recurrent core (torch.nn.GRU or torch.nn.LSTM)."""
+    hidden_size: int = 64
+    """H: hidden units of the policy's and of the critic's core."""
+    encoder_hidden: tuple[int, ...] = ()
+    """Hidden sizes of a tanh MLP applied to each input before the core (empty: none)."""
+    bptt_chunk: int = 10
+    """Truncated BPTT: the update replays stored sequences in chunks of this many steps (a chunk
+    also ends where a trial ends), each from the hidden state stored at its first step."""
+    init_std: float = 0.5
+    """Initial standard deviation of the Gaussian policy (state-independent, learned)."""
+    output_weights_scale: float = 1.0
+    """Xavier gain of the policy head."""
+    reset_every_step: bool = False
+    """Ablation: reset the hidden state at every step, leaving the agent no memory (RL^2's
+    counterpart of TrMRL's window of 1). Needs rl2.bptt_chunk 1."""
+
+    def __post_init__(self) -> None:
+        _require(self.hidden_size >= 1, "rl2.hidden_size must be >= 1")
+        _require(not self.reset_every_step or self.bptt_chunk == 1,
+                 "rl2.reset_every_step needs rl2.bptt_chunk 1 (every chunk starts from a zero state)")
+        _require(self.bptt_chunk >= 1, "rl2.bptt_chunk must be >= 1")
+        _require(self.init_std > 0, "rl2.init_std must be > 0")
+
+
+@dataclass(frozen=True)
 class PPOConfig:
     """PPO over trials (TRMRL.md section 3). Each departure from the paper is a switch."""
 
@@ -117,7 +149,8 @@ class PPOConfig:
     update_epochs: int = 10
     """Passes over the epoch's samples, for the policy phase and again for the value phase."""
     minibatch_size: int = 256
-    """Windows per gradient step (every timestep's window is an independent sample)."""
+    """Timesteps per gradient step: TrMRL's windows (each an independent sample), or RL^2's
+    chunks of rl2.bptt_chunk steps (minibatch_size // bptt_chunk chunks)."""
     policy_lr: float = 3e-4
     """Policy learning rate (AdamW)."""
     value_lr: float = 3e-4
@@ -203,6 +236,8 @@ class TrainConfig:
     """Meta-training budget in environment steps (rounded up to whole epochs)."""
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The TrMRL agent (`--algo trmrl`)."""
+    rl2: RL2Config = field(default_factory=RL2Config)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run_dir: Path | None = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from trmrl.config import EvalConfig, ModelConfig, PPOConfig, TaskConfig, TrainConfig
+from trmrl.config import EvalConfig, ModelConfig, PPOConfig, RL2Config, TaskConfig, TrainConfig
 from trmrl.errors import ConfigError
 
 # Shared by the paper's MuJoCo runs: 4 layers of d_model 128, 16 heads, FFN 512, window 5,
@@ -83,10 +83,43 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
     ),
 }
 
+# RL^2-PPO on the same presets (`--algo rl2`): the trial shape, task budget and evaluation stay
+# the preset's, so that both algorithms see the same data. MuJoCo: garage's RL2PPO HalfCheetahVel
+# example (examples/tf/rl2_ppo_halfcheetah.py): GRU of 64, gamma 0.99, GAE lambda 0.95, clip 0.2,
+# Adam lr 1e-3 (its optimiser's default), 10 passes, minibatches of 32 sequences of 10 steps,
+# entropy 0.02, no advantage normalisation. garage fits a linear feature baseline and adds the
+# entropy to the reward ('max' entropy); here a recurrent critic and an entropy loss term.
+_RL2_MUJOCO = dict(
+    rl2=RL2Config(cell="gru", hidden_size=64, bptt_chunk=10, init_std=0.5),
+    ppo=dict(gamma=0.99, gae_lambda=0.95, clip_coef=0.2, ent_coef=0.02, update_epochs=10, minibatch_size=320,
+             policy_lr=1e-3, value_lr=1e-3, policy_lr_decay=False, value_lr_decay=False, weight_decay=0.0,
+             norm_adv=False, value_loss="mse", max_grad_norm=None),
+)
+ALGO_PRESETS: dict[tuple[str, str], tuple[str, TrainConfig]] = {
+    ("point-nav", "rl2"): (
+        "point-nav's PPO settings (this project) with a GRU of 64 over whole trials",
+        PRESETS["point-nav"][1].replace(algo="rl2", rl2=RL2Config(cell="gru", hidden_size=64, bptt_chunk=40,
+                                                                  init_std=0.5)),
+    ),
+    **{(name, "rl2"): ("garage's RL2PPO HalfCheetahVel example on this preset's trials",
+                       PRESETS[name][1].replace(algo="rl2", **_RL2_MUJOCO))
+       for name in ("cheetah-vel", "cheetah-dir", "ant-dir")},
+}
+
 DEFAULT_PRESET = "point-nav"
 
 
-def get_preset(name: str) -> TrainConfig:
+def get_preset(name: str, algo: str | None = None) -> TrainConfig:
+    """The preset `name` for `algo` (its own algorithm when None)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}'; choose from {', '.join(PRESETS)}")
-    return PRESETS[name][1]
+    base = PRESETS[name][1]
+    if algo is None or algo == base.algo:
+        return base
+    if (name, algo) not in ALGO_PRESETS:
+        from trmrl.algos import check_name
+
+        check_name(algo)
+        algos = [base.algo] + [a for (n, a) in ALGO_PRESETS if n == name]
+        raise ConfigError(f"preset '{name}' has settings for {', '.join(algos)}, not '{algo}'")
+    return ALGO_PRESETS[(name, algo)][1]

@@ -58,6 +58,14 @@ def rollout_metrics(rollout: Rollout) -> dict[str, float]:
             "charts/episodes": float(episodes)}
 
 
+def epoch_metrics(rollout: Rollout, samples: int, sampling: float, update: float) -> dict[str, float]:
+    """Returns of the rollout and the epoch's timing: seconds sampling and updating, env steps/s
+    sampled and update samples/s."""
+    return rollout_metrics(rollout) | {
+        "time/sampling": sampling, "time/update": update,
+        "charts/sampling_sps": rollout.num_steps / sampling, "charts/update_samples_per_s": samples / update}
+
+
 class TrialSampler:
     """B trial envs of one task distribution, stepped in lockstep; the policy is called once per
     step on all B, and its state is carried from step to step without being looked into."""

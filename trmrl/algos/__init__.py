@@ -23,6 +23,8 @@ ALGORITHMS: dict[str, tuple[str, str]] = {
     # name: (one-line summary, "module:class")
     "trmrl": ("TrMRL: working-memory transformer (no LayerNorm, T-Fixup) + PPO over trials (Melo, ICML 2022)",
               "trmrl.algos.trmrl:TrMRL"),
+    "rl2": ("RL^2: GRU/LSTM policy whose memory spans the trial + PPO with truncated BPTT (Duan et al. 2016)",
+            "trmrl.algos.rl2:RL2"),
 }
 
 

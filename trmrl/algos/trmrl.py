@@ -24,13 +24,13 @@ import torch
 from torch import Tensor
 
 from trmrl import ppo
+from trmrl.algos.common import TwoPhaseOptimizers
 from trmrl.config import MemoryScope, PPOConfig, TrainConfig
-from trmrl.errors import CheckpointError
 from trmrl.evaluate import InMemoryLearner
 from trmrl.memory import Window, gather_windows
 from trmrl.nets.policy import ActorCritic
 from trmrl.protocols import Starts, Step
-from trmrl.sampler import Rollout, TrialSampler, rollout_metrics
+from trmrl.sampler import Rollout, TrialSampler, epoch_metrics
 from trmrl.seeding import Stream, random_rows, task_streams, torch_generator
 from trmrl.tasks import Task, TaskDistribution
 from trmrl.trial import forget_previous_episode
@@ -153,12 +153,7 @@ class TrMRL:
         self.sampler = TrialSampler(distribution, t.tasks_per_epoch, t.episodes_per_trial, t.max_episode_steps)
         self.model = ActorCritic(self.sampler.obs_dim, self.sampler.act_dim, config.model,
                                  torch_generator(config.seed, Stream.INIT))
-        wd = config.ppo.weight_decay
-        # fused: one kernel for all parameters (the per-parameter loop costs ~1.7 ms a step here)
-        self.policy_optimizer = torch.optim.AdamW(self.model.policy_parameters(), lr=config.ppo.policy_lr,
-                                                  weight_decay=wd, fused=True)
-        self.value_optimizer = torch.optim.AdamW(self.model.value_parameters(), lr=config.ppo.value_lr,
-                                                 weight_decay=wd, fused=True)
+        self.optimizers = TwoPhaseOptimizers.create(self.model, config.ppo)
         self.policy = TrMRLPolicy(self.model, config.model.memory_scope)
         samples = t.tasks_per_epoch * t.steps_per_trial
         self.schedules = ppo.lr_schedules(config.ppo, samples)
@@ -172,26 +167,16 @@ class TrMRL:
         rollout = self.sampler.collect(self.policy, tasks, *streams)
         t1 = time.perf_counter()
         batch = make_batch(rollout, self.config.ppo, self.policy)
-        metrics = ppo_update(self.model, self.policy_optimizer, self.value_optimizer, batch, self.config.ppo,
+        metrics = ppo_update(self.model, self.optimizers.policy, self.optimizers.value, batch, self.config.ppo,
                              torch_generator(seed, Stream.MINIBATCHES, epoch), self.schedules,
                              epoch * self.steps_per_epoch)
-        t2 = time.perf_counter()
-        return metrics | rollout_metrics(rollout) | {
-            "time/sampling": t1 - t0, "time/update": t2 - t1,
-            "charts/sampling_sps": rollout.num_steps / (t1 - t0),
-            "charts/update_samples_per_s": len(batch) / (t2 - t1)}
+        return metrics | epoch_metrics(rollout, len(batch), t1 - t0, time.perf_counter() - t1)
 
     def meta_learner(self) -> InMemoryLearner:
         return InMemoryLearner(self.policy)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "policy_optimizer": self.policy_optimizer.state_dict(),
-                "value_optimizer": self.value_optimizer.state_dict()}
+        return self.optimizers.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        try:
-            self.model.load_state_dict(state["model"])
-            self.policy_optimizer.load_state_dict(state["policy_optimizer"])
-            self.value_optimizer.load_state_dict(state["value_optimizer"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint does not match its config: {str(exc).splitlines()[0]}") from exc
+        self.optimizers.load_state_dict(state)

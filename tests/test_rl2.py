@@ -1,0 +1,109 @@
+"""RL^2: the chunked-BPTT update path replays the sampling-time numbers, the hidden state spans
+the episodes of a trial and resets at trial starts, and RL^2 meta-learns point-nav."""
+
+import numpy as np
+import pytest
+import torch
+
+from trmrl.algos.rl2 import RL2Policy, _ChunkStartRecorder, make_chunks
+from trmrl.config import PPOConfig, RL2Config
+from trmrl.nets.recurrent import RecurrentActorCritic
+from trmrl.protocols import Starts
+from trmrl.sampler import TrialSampler
+from trmrl.seeding import Stream, task_streams
+from trmrl.tasks import make_task_distribution
+
+
+def model(cell="gru", obs_dim=4, act_dim=2, **changes):
+    config = RL2Config(**{"cell": cell, "hidden_size": 8, "bptt_chunk": 4, "encoder_hidden": (8,), **changes})
+    return RecurrentActorCritic(obs_dim, act_dim, config, torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_chunked_replay_reproduces_step_by_step_acting(cell):
+    """Trials of 2 episodes x 3 steps, 14 steps collected, chunks of 4: an inner episode boundary
+    (after steps 2 and 8) and a trial start (steps 6 and 12) fall inside chunks of 4."""
+    dist = make_task_distribution("point-nav")
+    sampler = TrialSampler(dist, 3, episodes_per_trial=2, max_episode_steps=3)
+    m = model(cell, sampler.obs_dim, sampler.act_dim)
+    recorder = _ChunkStartRecorder(RL2Policy(m), chunk=4)
+    tasks = dist.sample(np.random.default_rng(0), 3, "train")
+    rollout = sampler.collect(recorder, tasks, *task_streams(1, Stream.TRAIN_ENVS, Stream.TRAIN_ACTIONS, 0, range(3)),
+                              steps=14)
+    chunks = make_chunks(rollout, recorder.states, 4, PPOConfig())
+    # chunks cut at multiples of 4 and at trial starts: 0-3 | 4-5 | 6-7 | 8-11 | 12-13, for each env
+    assert chunks.valid.sum(0).tolist() == [4, 2, 2, 4, 2] * 3
+    actor, critic = m.split(chunks.initial)
+    with torch.no_grad():
+        mean, _ = m.actor_forward(chunks.inputs, actor)
+        values, _ = m.critic_forward(chunks.inputs, critic)
+        log_probs = m.distribution(mean, values).log_prob(chunks.actions)
+    valid = chunks.valid
+    assert torch.allclose(log_probs[valid], chunks.log_probs[valid], atol=1e-5)
+    assert torch.allclose(values[valid], chunks.values[valid], atol=1e-5)
+    assert torch.equal(chunks.log_probs[valid].sort().values, rollout.log_probs.flatten().sort().values)
+
+
+def test_hidden_state_spans_episodes_and_resets_at_trial_starts():
+    policy = RL2Policy(model())
+    no = torch.tensor([False])
+    first = [torch.randn(1, 4), torch.randn(1, 4)]
+    later = torch.randn(1, 4)
+
+    def act_after(first_input, starts):
+        state = policy.initial_state(1)
+        for x in (first_input, later):
+            _, state = policy.act(x, state, Starts(no, no), None, deterministic=True)
+        step, _ = policy.act(later, state, starts, None, deterministic=True)
+        return step.actions
+
+    inner_episode = Starts(episode=torch.tensor([True]), trial=no)
+    new_trial = Starts(episode=torch.tensor([True]), trial=torch.tensor([True]))
+    assert not torch.allclose(act_after(first[0], inner_episode), act_after(first[1], inner_episode))
+    assert torch.equal(act_after(first[0], new_trial), act_after(first[1], new_trial))
+
+
+def test_memoryless_ablation_forgets_every_step():
+    policy = RL2Policy(model(bptt_chunk=1, reset_every_step=True))
+    no = torch.tensor([False])
+    state = policy.initial_state(1)
+    _, state = policy.act(torch.randn(1, 4), state, Starts(no, no), None, deterministic=True)
+    fresh, _ = policy.act(torch.ones(1, 4), policy.initial_state(1), Starts(no, no), None, deterministic=True)
+    after, _ = policy.act(torch.ones(1, 4), state, Starts(no, no), None, deterministic=True)
+    assert torch.equal(fresh.actions, after.actions)
+
+
+def test_presets_pick_the_rl2_settings():
+    from trmrl.errors import ConfigError
+    from trmrl.presets import get_preset
+
+    for name in ("point-nav", "cheetah-vel", "cheetah-dir", "ant-dir"):
+        config = get_preset(name, "rl2")
+        assert config.algo == "rl2" and config.task == get_preset(name).task  # same trials as TrMRL
+    c = get_preset("cheetah-vel", "rl2")  # garage's RL2PPO HalfCheetahVel example
+    assert (c.rl2.cell, c.rl2.hidden_size, c.rl2.bptt_chunk) == ("gru", 64, 10)
+    assert (c.ppo.gamma, c.ppo.gae_lambda, c.ppo.clip_coef, c.ppo.policy_lr, c.ppo.ent_coef) == (0.99, 0.95, 0.2, 1e-3, 0.02)
+    assert c.ppo.minibatch_size // c.rl2.bptt_chunk == 32 and not c.ppo.norm_adv
+    with pytest.raises(ConfigError, match="unknown algorithm"):
+        get_preset("point-nav", "nosuch")
+
+
+def test_train_resume_and_eval_an_rl2_run_from_the_command_line(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    run = tmp_path / "rl2"
+    small = ["--total-env-steps", "640", "--task.tasks-per-epoch", "8", "--eval.n-tasks", "4", "--eval.final-n-tasks",
+             "4", "--rl2.hidden-size", "16", "--no-progress"]
+    cli = lambda *a: subprocess.run([sys.executable, "-m", "trmrl.cli", *a], capture_output=True, text=True,  # noqa: E731
+                                    timeout=300)
+    result = cli("train", "point-nav", "--algo", "rl2", "--run-dir", str(run), *small)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run / "config.json").read_text())["rl2"]["bptt_chunk"] == 40  # the rl2 preset
+    result = cli("train", "--resume", str(run), "--total-env-steps", "1280", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    result = cli("eval", str(run), "--n-tasks", "3", "--episodes", "2")
+    assert result.returncode == 0 and "adaptation: 3 held-out tasks" in result.stdout, result.stderr
+    result = cli("eval", str(run), "--attention")
+    assert result.returncode == 2 and "TrMRL's attention" in result.stderr

@@ -1,0 +1,220 @@
+"""RL^2 (Duan et al. 2016; Wang et al. 2016) with PPO: a recurrent policy over the same trial
+inputs as TrMRL, [s_t, a_{t-1}, r_{t-1}, d_{t-1}], whose hidden state is carried across the
+episodes of a trial and reset at a trial start, so it adapts in memory over the whole trial
+rather than over a window.
+
+The critic is a separate recurrent network (`nets/recurrent.py`): the value of a trial state
+depends on the hidden task, which only the history reveals, and keeping it apart keeps the
+value loss out of the policy's memory. The update replays the stored inputs with truncated
+backpropagation through time: each env's rollout is cut into chunks of `rl2.bptt_chunk` steps
+and at trial starts,
+
+    step           0  1  2  3 | 4  5 | 6  7 | 8  9 10 11 | 12 13      chunk 4, a trial of 6 steps
+    trial start    ^                 ^                     ^
+    chunk starts   0            4      6      8            12
+    starts from    0            h_4    0      h_8          0           h_t: stored at sampling
+
+and each chunk runs through torch.nn.GRU/LSTM from the hidden state the policy had at its
+first step (recorded while sampling; zero at a trial start). GAE runs over whole trials, as
+for TrMRL.
+
+Shapes: T steps, B envs, S chunks, L = bptt_chunk, O augmented observation, A actions, H hidden.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from trmrl import ppo
+from trmrl.algos.common import TwoPhaseOptimizers
+from trmrl.config import PPOConfig, TrainConfig
+from trmrl.evaluate import InMemoryLearner
+from trmrl.nets.recurrent import RecurrentActorCritic, RecurrentState
+from trmrl.protocols import Starts, Step
+from trmrl.sampler import Rollout, TrialSampler, epoch_metrics
+from trmrl.seeding import Stream, random_rows, task_streams, torch_generator
+from trmrl.tasks import Task, TaskDistribution
+
+
+class RL2Policy:
+    """The acting agent: `Policy[RecurrentState]`, one recurrent step per call."""
+
+    def __init__(self, model: RecurrentActorCritic) -> None:
+        self.model = model
+
+    def initial_state(self, n: int) -> RecurrentState:
+        return self.model.initial_state(n)
+
+    def reset(self, state: RecurrentState, starts: Starts) -> RecurrentState:
+        """Zero the hidden state of the envs that start a trial (kept across episode starts); of
+        every env at every step under the `reset_every_step` ablation."""
+        if self.model.config.reset_every_step:
+            return tuple(torch.zeros_like(s) for s in state)
+        return tuple(torch.where(starts.trial[None, :, None], 0.0, s) for s in state)
+
+    @torch.no_grad()
+    def act(
+        self, inputs: Tensor, state: RecurrentState, starts: Starts, generators: Sequence[torch.Generator] | None,
+        deterministic: bool = False,
+    ) -> tuple[Step, RecurrentState]:
+        out, state = self.model(inputs[None], self.reset(state, starts))
+        mean = out.mean[0]
+        if deterministic:
+            action = mean
+        else:
+            assert generators is not None, "sampled actions need one generator per env"
+            action = mean + out.log_std.exp() * random_rows(generators, mean.shape[1:])
+        return Step(action, out.log_prob(action[None])[0], out.value[0]), state
+
+    @torch.no_grad()
+    def value(self, inputs: Tensor, state: RecurrentState, starts: Starts) -> Tensor:
+        _, critic_state = self.model.split(self.reset(state, starts))
+        return self.model.critic_forward(inputs[None], critic_state)[0][0]
+
+
+class _ChunkStartRecorder:
+    """The policy, keeping the state it starts step t from at every t % chunk == 0 (after the
+    trial-start reset): the hidden states the update replays chunks from."""
+
+    def __init__(self, policy: RL2Policy, chunk: int) -> None:
+        self.policy, self.chunk = policy, chunk
+        self.states: list[RecurrentState] = []
+        self._t = 0
+
+    def initial_state(self, n: int) -> RecurrentState:
+        self.states, self._t = [], 0
+        return self.policy.initial_state(n)
+
+    def act(
+        self, inputs: Tensor, state: RecurrentState, starts: Starts, generators: Sequence[torch.Generator] | None,
+        deterministic: bool = False,
+    ) -> tuple[Step, RecurrentState]:
+        if self._t % self.chunk == 0:
+            self.states.append(self.policy.reset(state, starts))
+        self._t += 1
+        return self.policy.act(inputs, state, starts, generators, deterministic)
+
+    def value(self, inputs: Tensor, state: RecurrentState, starts: Starts) -> Tensor:
+        return self.policy.value(inputs, state, starts)
+
+
+@dataclass
+class Chunks:
+    """The epoch's samples as S sequences of up to L steps, padded (`valid` marks real steps)."""
+
+    inputs: Tensor  # (L, S, O)
+    actions: Tensor  # (L, S, A)
+    log_probs: Tensor  # (L, S) at sampling time
+    advantages: Tensor  # (L, S)
+    returns: Tensor  # (L, S)
+    values: Tensor  # (L, S) at sampling time
+    valid: Tensor  # (L, S) bool
+    initial: RecurrentState  # each (1, S, H): the state at each chunk's first step
+
+    def __len__(self) -> int:
+        return self.valid.shape[1]
+
+
+def make_chunks(rollout: Rollout, chunk_states: Sequence[RecurrentState], chunk: int, config: PPOConfig) -> Chunks:
+    """Cut every env's rollout at each multiple of `chunk` and at each trial start (see the module
+    docstring); advantages and returns over whole trials."""
+    advantages, returns = ppo.advantages_and_returns(rollout, config)
+    steps, envs = rollout.rewards.shape
+    starts, env_of = [], []
+    for b in range(envs):
+        cuts = sorted(set(range(0, steps, chunk)) | set(rollout.trial_start[:, b].nonzero().flatten().tolist()))
+        starts += cuts
+        env_of += [b] * len(cuts)
+    start, env = torch.tensor(starts), torch.tensor(env_of)
+    # a chunk ends at the next cut of the same env, or at T
+    following = torch.cat([start[1:], torch.tensor([steps])])
+    end = torch.where(torch.cat([env[1:] == env[:-1], torch.tensor([False])]), following, steps)
+    offset = torch.arange(chunk)[:, None]
+    valid = offset < (end - start)[None, :]  # (L, S)
+    t = (start[None, :] + offset).clamp(max=steps - 1)
+    gather = lambda x: x[t, env[None, :].expand_as(t)]  # noqa: E731
+    recorded = [torch.stack([s[j] for s in chunk_states], dim=1) for j in range(len(chunk_states[0]))]  # (1, C, B, H)
+    at_boundary = start % chunk == 0
+    initial = tuple(torch.where(at_boundary[None, :, None], r[0][start // chunk, env][None], 0.0) for r in recorded)
+    return Chunks(gather(rollout.obs), gather(rollout.actions), gather(rollout.log_probs), gather(advantages),
+                  gather(returns), gather(rollout.values), valid, initial)
+
+
+def rl2_update(model: RecurrentActorCritic, policy_optimizer: torch.optim.Optimizer,
+               value_optimizer: torch.optim.Optimizer, chunks: Chunks, config: TrainConfig,
+               generator: torch.Generator, schedules: tuple[ppo.LRSchedule, ppo.LRSchedule],
+               first_step: int) -> dict[str, float]:
+    """`ppo.ppo_update` over the epoch's chunks, each replayed through the recurrent cores."""
+    actor_initial, critic_initial = model.split(chunks.initial)
+
+    def policy_terms(index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        mean, _ = model.actor_forward(chunks.inputs[:, index], tuple(s[:, index] for s in actor_initial))
+        out = model.distribution(mean, chunks.values[:, index])
+        valid = chunks.valid[:, index]
+        log_probs = out.log_prob(chunks.actions[:, index])[valid]
+        return log_probs, chunks.log_probs[:, index][valid], chunks.advantages[:, index][valid], out.entropy()
+
+    def value_terms(index: Tensor) -> tuple[Tensor, Tensor]:
+        values, _ = model.critic_forward(chunks.inputs[:, index], tuple(s[:, index] for s in critic_initial))
+        valid = chunks.valid[:, index]
+        return values[valid], chunks.returns[:, index][valid]
+
+    per_minibatch = max(1, config.ppo.minibatch_size // config.rl2.bptt_chunk)
+    stats = ppo.ppo_update(
+        len(chunks), per_minibatch,
+        (ppo.Phase(policy_optimizer, model.policy_parameters(), schedules[0]), policy_terms),
+        (ppo.Phase(value_optimizer, model.value_parameters(), schedules[1]), value_terms),
+        model.value_log_std, config.ppo, generator, first_step)
+    valid = chunks.valid
+    stats["losses/explained_variance"] = ppo.explained_variance(chunks.values[valid], chunks.returns[valid])
+    with torch.no_grad():
+        stats["losses/entropy"] = float(model.distribution(chunks.actions[:1, :1], chunks.values[:1, :1]).entropy())
+        stats["charts/action_std"] = float(model.log_std.exp().mean())
+    return stats
+
+
+class RL2:
+    """`Algorithm`: the recurrent actor-critic, its two optimisers and its sampler."""
+
+    def __init__(self, config: TrainConfig, distribution: TaskDistribution) -> None:
+        self.config = config
+        t, chunk = config.task, config.rl2.bptt_chunk
+        self.sampler = TrialSampler(distribution, t.tasks_per_epoch, t.episodes_per_trial, t.max_episode_steps)
+        self.model = RecurrentActorCritic(self.sampler.obs_dim, self.sampler.act_dim, config.rl2,
+                                          torch_generator(config.seed, Stream.INIT))
+        self.optimizers = TwoPhaseOptimizers.create(self.model, config.ppo)
+        self.policy = RL2Policy(self.model)
+        self.schedules = ppo.lr_schedules(config.ppo, t.tasks_per_epoch * t.steps_per_trial)
+        # the LR schedule's clock: gradient steps per phase in an epoch of whole trials (derived, so
+        # resuming needs no counter; early terminations add chunks, but not to the clock)
+        chunks = t.tasks_per_epoch * math.ceil(t.steps_per_trial / chunk)
+        self.steps_per_epoch = config.ppo.update_epochs * math.ceil(chunks / max(1, config.ppo.minibatch_size // chunk))
+
+    def train_iteration(self, tasks: Sequence[Task], epoch: int) -> dict[str, float]:
+        seed = self.config.seed
+        recorder = _ChunkStartRecorder(self.policy, self.config.rl2.bptt_chunk)
+        t0 = time.perf_counter()
+        streams = task_streams(seed, Stream.TRAIN_ENVS, Stream.TRAIN_ACTIONS, epoch, range(len(tasks)))
+        rollout = self.sampler.collect(recorder, tasks, *streams)
+        t1 = time.perf_counter()
+        chunks = make_chunks(rollout, recorder.states, self.config.rl2.bptt_chunk, self.config.ppo)
+        metrics = rl2_update(self.model, self.optimizers.policy, self.optimizers.value, chunks, self.config,
+                             torch_generator(seed, Stream.MINIBATCHES, epoch), self.schedules,
+                             epoch * self.steps_per_epoch)
+        return metrics | epoch_metrics(rollout, int(chunks.valid.sum()), t1 - t0, time.perf_counter() - t1)
+
+    def meta_learner(self) -> InMemoryLearner:
+        return InMemoryLearner(self.policy)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizers.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizers.load_state_dict(state)
