@@ -1,5 +1,6 @@
-"""What the PPO-trained algorithms share: a model with policy and value parameters, and one AdamW
-per update phase (the original TrMRL code's layout), saved and restored together."""
+"""What the PPO-trained, in-memory algorithms (TrMRL, RL^2) share: a model with policy and value
+parameters, one AdamW per update phase (the original TrMRL code's layout) saved and restored
+together, and a policy that adapts in memory."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from torch import nn
 
 from trmrl.config import PPOConfig
 from trmrl.errors import CheckpointError
+from trmrl.evaluate import InMemoryLearner
+from trmrl.protocols import Policy
 
 
 class TwoPhaseModel(Protocol):
@@ -51,3 +54,20 @@ class TwoPhaseOptimizers:
             self.value.load_state_dict(state["value_optimizer"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint does not match its config: {str(exc).splitlines()[0]}") from exc
+
+
+class InMemoryPPO:
+    """Base of TrMRL and RL^2 (`Algorithm`): they differ in their policy, batch and update; their
+    meta-learner (the policy itself, adapting within a trial) and checkpoint state are alike."""
+
+    policy: Policy[Any]
+    optimizers: TwoPhaseOptimizers
+
+    def meta_learner(self) -> InMemoryLearner:
+        return InMemoryLearner(self.policy)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.optimizers.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizers.load_state_dict(state)

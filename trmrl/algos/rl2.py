@@ -27,15 +27,13 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from trmrl import ppo
-from trmrl.algos.common import TwoPhaseOptimizers
+from trmrl.algos.common import InMemoryPPO, TwoPhaseOptimizers
 from trmrl.config import PPOConfig, TrainConfig
-from trmrl.evaluate import InMemoryLearner
 from trmrl.nets.recurrent import RecurrentActorCritic, RecurrentState
 from trmrl.protocols import Starts, Step
 from trmrl.sampler import Rollout, TrialSampler, epoch_metrics
@@ -180,7 +178,7 @@ def rl2_update(model: RecurrentActorCritic, policy_optimizer: torch.optim.Optimi
     return stats
 
 
-class RL2:
+class RL2(InMemoryPPO):
     """`Algorithm`: the recurrent actor-critic, its two optimisers and its sampler."""
 
     def __init__(self, config: TrainConfig, distribution: TaskDistribution) -> None:
@@ -209,12 +207,3 @@ class RL2:
                              torch_generator(seed, Stream.MINIBATCHES, epoch), self.schedules,
                              epoch * self.steps_per_epoch)
         return metrics | epoch_metrics(rollout, int(chunks.valid.sum()), t1 - t0, time.perf_counter() - t1)
-
-    def meta_learner(self) -> InMemoryLearner:
-        return InMemoryLearner(self.policy)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.optimizers.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizers.load_state_dict(state)

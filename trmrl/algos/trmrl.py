@@ -18,15 +18,13 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from trmrl import ppo
-from trmrl.algos.common import TwoPhaseOptimizers
+from trmrl.algos.common import InMemoryPPO, TwoPhaseOptimizers
 from trmrl.config import MemoryScope, PPOConfig, TrainConfig
-from trmrl.evaluate import InMemoryLearner
 from trmrl.memory import Window, gather_windows
 from trmrl.nets.policy import ActorCritic
 from trmrl.protocols import Starts, Step
@@ -144,7 +142,7 @@ def ppo_update(
     return stats
 
 
-class TrMRL:
+class TrMRL(InMemoryPPO):
     """`Algorithm`: the model, its two optimisers (policy phase, value phase) and its sampler."""
 
     def __init__(self, config: TrainConfig, distribution: TaskDistribution) -> None:
@@ -171,12 +169,3 @@ class TrMRL:
                              torch_generator(seed, Stream.MINIBATCHES, epoch), self.schedules,
                              epoch * self.steps_per_epoch)
         return metrics | epoch_metrics(rollout, len(batch), t1 - t0, time.perf_counter() - t1)
-
-    def meta_learner(self) -> InMemoryLearner:
-        return InMemoryLearner(self.policy)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.optimizers.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizers.load_state_dict(state)
