@@ -8,7 +8,7 @@ compare ratios within a table, not across runs). Sections:
   2. simulation floor: bare `mujoco` stepping and gymnasium's SyncVectorEnv, random actions;
   3. trmrl's trial sampler with the TrMRL policy on the same tasks;
   4. the PPO update: samples/s and model FLOP/s against the measured peak;
-  5. end to end: `trmrl train cheetah-vel` for a few epochs (eval off), split, peak memory;
+  5. end to end: `trmrl train cheetah-vel --algo trmrl|rl2` for a few epochs (eval off), split;
   6. a peer: sb3-contrib RecurrentPPO (LSTM) on the same cheetah-vel trials (if installed);
   7. scaling of the epoch time with B (tasks), W (window) and d_model.
 """
@@ -32,6 +32,7 @@ from trmrl.config import TrainConfig
 from trmrl.presets import get_preset
 from trmrl.seeding import Stream, numpy_rng, task_streams
 from trmrl.tasks import make_task_distribution
+from trmrl.log import read_metrics
 from trmrl.train import train
 
 
@@ -161,6 +162,18 @@ def sample_and_update(config: TrainConfig) -> dict[str, float]:
             "update": update, "samples": len(batch), "flops": flops}
 
 
+def end_to_end(config: TrainConfig, epochs: int) -> tuple[float, float, float]:
+    """(median sampling s, median update s, env steps/s) of `trmrl train` for a few epochs, eval off."""
+    config = config.replace(total_env_steps=epochs * config.steps_per_epoch, progress=False,
+                            eval={"every_epochs": 0, "final_n_tasks": 1, "final_episodes": 1})
+    with tempfile.TemporaryDirectory() as tmp:
+        train(config, Path(tmp))
+        records = [r for r in read_metrics(Path(tmp)) if "time/update" in r]
+    sampling = float(np.median([r["time/sampling"] for r in records]))
+    update = float(np.median([r["time/update"] for r in records]))
+    return sampling, update, config.steps_per_epoch / (sampling + update)
+
+
 # 6. peer ------------------------------------------------------------------------------------
 
 def recurrent_ppo(total_steps: int) -> float | None:
@@ -237,33 +250,23 @@ def main() -> None:
     table("4. PPO update, one epoch (10 policy + 10 value passes, minibatch 256)",
           ["task", "s / epoch", "samples/s", "model GFLOP/s", "ratio to fp32 peak"], rows)
 
-    config = get_preset("cheetah-vel")
-    config = dataclasses.replace(config, total_env_steps=args.epochs * config.steps_per_epoch, progress=False,
-                                 eval=dataclasses.replace(config.eval, every_epochs=0, final_n_tasks=1, final_episodes=1))
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        train(config, Path(tmp))
-        total = time.perf_counter() - start
-        from trmrl.log import read_metrics
-
-        records = read_metrics(Path(tmp))
-    sampling = float(np.median([r["time/sampling"] for r in records]))
-    update = float(np.median([r["time/update"] for r in records]))
+    ends = {algo: end_to_end(get_preset("cheetah-vel", algo), args.epochs) for algo in ("trmrl", "rl2")}
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    trmrl_sps = config.steps_per_epoch / (sampling + update)
-    table(f"5. End to end: trmrl train cheetah-vel, {args.epochs} epochs (median epoch)",
-          ["sampling s", "update s", "epoch s", "env steps/s", "paper run (2e7 steps) hours", "peak RSS MB (whole script)"],
-          [[sampling, update, sampling + update, trmrl_sps, 2e7 / trmrl_sps / 3600, peak_mb]])
-    del total
+    rows = [[algo, sampling, update, sampling + update, sps, sps / floors["cheetah-vel"][1], 2e7 / sps / 3600]
+            for algo, (sampling, update, sps) in ends.items()]
+    table(f"5. End to end: trmrl train cheetah-vel --algo A, {args.epochs} epochs (median epoch; "
+          f"peak RSS of the whole script {peak_mb:.0f} MB)",
+          ["algorithm", "sampling s", "update s", "epoch s", "env steps/s", "ratio to SyncVectorEnv",
+           "2e7 steps, hours"], rows)
 
     if not args.skip_peer:
         peer = recurrent_ppo(8000 if args.quick else 16000)
-        rows = [["trmrl TrMRL (paper model, 10+10 passes)", trmrl_sps, 1.0]]
+        rows = [[f"trmrl --algo {algo}", sps, sps / ends["trmrl"][2]] for algo, (_, _, sps) in ends.items()]
         if peer is None:
             rows.append(["sb3-contrib RecurrentPPO", "not installed (pip install sb3-contrib)", ""])
         else:
-            rows.append(["sb3-contrib RecurrentPPO (MlpLstmPolicy, 10 epochs)", peer, trmrl_sps / peer])
-        table("6. Peer on the same cheetah-vel trials", ["agent", "env steps/s", "trmrl / this"], rows)
+            rows.append(["sb3-contrib RecurrentPPO (MlpLstmPolicy, 10 epochs)", peer, peer / ends["trmrl"][2]])
+        table("6. Peer on the same cheetah-vel trials", ["agent", "env steps/s", "ratio to trmrl --algo trmrl"], rows)
 
     rows = []
     base = get_preset("cheetah-vel")

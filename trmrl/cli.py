@@ -126,6 +126,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def eval_command(args: list[str]) -> None:
+    import numpy as np
+
     from trmrl.algos.trmrl import TrMRL
     from trmrl.evaluate import PROTOCOLS, MetaTester, resolve_protocol
     from trmrl.tasks import make_task_distribution
@@ -151,19 +153,20 @@ def eval_command(args: list[str]) -> None:
                                 deterministic=not ns.sampled)
     seed = config.eval.seed if ns.seed is None else ns.seed
     tester = MetaTester(make_task_distribution(config.task.name), protocol, config.task.max_episode_steps, seed)
-    result = tester.run(algorithm.meta_learner())
-    json_path, csv_path = result.write(run.eval)
+    result, random = tester.run_beside_random(algorithm.meta_learner(), run.eval)
+    json_path, csv_path = run.eval_result(protocol.name), run.eval_result(protocol.name).with_suffix(".csv")
     print(f"{protocol.name}: {protocol.n_tasks} held-out tasks of {tester.distribution.name} (seed {seed}), "
           f"trials of {protocol.episodes} episodes, {'mean' if protocol.deterministic else 'sampled'} actions")
-    print("episode     mean   95% CI                  IQM   95% CI" + ("            success" if result.successes is not None else ""))
-    for row in result.per_episode():
+    print("episode     mean   95% CI                  IQM   95% CI                random mean"
+          + ("  success" if result.successes is not None else ""))
+    for row, floor in zip(result.per_episode(), np.nanmean(random.returns, axis=0)):
         line = (f"{row['episode']:>7} {row['return_mean']:8.2f}   [{row['return_mean_ci_low']:8.2f}, "
                 f"{row['return_mean_ci_high']:8.2f}] {row['return_iqm']:8.2f}   [{row['return_iqm_ci_low']:8.2f}, "
-                f"{row['return_iqm_ci_high']:8.2f}]")
+                f"{row['return_iqm_ci_high']:8.2f}]   {floor:8.2f}")
         if "success_rate" in row:
-            line += f"   {row['success_rate']:.2f}"
+            line += f"     {row['success_rate']:.2f}"
         print(line)
-    print(f"wrote {json_path} and {csv_path}")
+    print(f"wrote {json_path} and {csv_path} (and {protocol.name}-random beside them)")
     if ns.attention:
         from trmrl.attention import save_attention
 
@@ -200,9 +203,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args[0] == "presets":
             from trmrl.tasks import registered
 
-            print("presets (trmrl train PRESET):")
-            for name, (description, _) in PRESETS.items():
-                print(f"  {name:<16} {description}")
+            from trmrl.presets import ALGO_PRESETS
+
+            print("presets (trmrl train PRESET [--algo NAME]):")
+            for name, (description, config) in PRESETS.items():
+                algos = [config.algo] + [a for (n, a) in ALGO_PRESETS if n == name]
+                print(f"  {name:<16} {description} [{', '.join(algos)}]")
             print("task distributions (--task.name NAME):")
             for name, entry in registered().items():
                 print(f"  {name:<16} {entry.summary}")

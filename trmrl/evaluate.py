@@ -203,6 +203,15 @@ class MetaTester:
             returns, successes, first = self._run_episodewise(learner, tasks, seeds, generators)  # type: ignore[arg-type]
         return MetaTestResult(p, tasks, returns, successes if self.distribution.reports_success else None, first)
 
+    def run_beside_random(self, learner: MetaLearner | Policy[Any], out_dir: Path) -> tuple[MetaTestResult, MetaTestResult]:
+        """The learner and a random policy on the same tasks, written to out_dir/<protocol>.{json,csv}
+        and out_dir/<protocol>-random.{json,csv}: every curve with the floor beside it."""
+        space = self.sampler.envs[0].action_space
+        result, random = self.run(learner), self.run(RandomPolicy(space.low, space.high))
+        result.write(out_dir)
+        random.write(out_dir, f"{self.protocol.name}-random")
+        return result, random
+
     def _run_episodewise(
         self, learner: MetaLearner, tasks: Sequence[Task], seeds: Sequence[int], generators: Sequence[torch.Generator]
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -253,11 +262,7 @@ def final_meta_test(config: TrainConfig, learner: MetaLearner, distribution: Tas
     e = config.eval
     tester = MetaTester(distribution, final_test(e.final_n_tasks, e.final_episodes, e.deterministic),
                         config.task.max_episode_steps, e.seed)
-    result = tester.run(learner)
-    space = tester.sampler.envs[0].action_space
-    random = tester.run(RandomPolicy(space.low, space.high))
-    result.write(eval_dir, "adaptation")
-    random.write(eval_dir, "adaptation-random")
+    result, random = tester.run_beside_random(learner, eval_dir)
     return {
         "n_tasks": e.final_n_tasks, "episodes": e.final_episodes, "deterministic": e.deterministic,
         "return_per_episode": np.nanmean(result.returns, axis=0).tolist(),

@@ -35,6 +35,7 @@ class Run:
     path: Path
     curve: tuple[np.ndarray, np.ndarray]  # env steps (P,), meta-test return (P,)
     adaptation: dict | None  # eval/<protocol>.json
+    random: dict | None  # eval/<protocol>-random.json: a random policy on the same tasks
 
 
 def load_run(path: Path, protocol: str) -> Run:
@@ -48,9 +49,10 @@ def load_run(path: Path, protocol: str) -> Run:
         if episodes:
             steps.append(_measured_at(record))
             values.append(float(np.mean(episodes)))
-    result = run.eval_result(protocol)
-    adaptation = json.loads(result.read_text()) if result.is_file() else None
-    return Run(group_label(path), path, (np.array(steps), np.array(values)), adaptation)
+    read = lambda file: json.loads(file.read_text()) if file.is_file() else None  # noqa: E731
+    algo = json.loads(run.config.read_text()).get("algo", "trmrl") if run.config.is_file() else "trmrl"
+    return Run(f"{algo}: {group_label(path)}", path, (np.array(steps), np.array(values)),
+               read(run.eval_result(protocol)), read(run.eval_result(f"{protocol}-random")))
 
 
 def _measured_at(record: dict) -> int:
@@ -69,7 +71,8 @@ def _band(ax, x: np.ndarray, stats: list[Aggregate], which: str, label: str, col
     ax.fill_between(x, ci[:, 0], ci[:, 1], color=color, alpha=0.2, linewidth=0)
 
 
-def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Aggregate], int]], out: Path, name: str) -> list[Path]:
+def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Aggregate], int]], out: Path, name: str,
+            floor: np.ndarray | None = None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,6 +83,9 @@ def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Ag
     for i, (label, (x, stats, n_runs)) in enumerate(sorted(groups.items())):
         for ax, which in zip(axes, ("mean", "iqm")):
             _band(ax, x, stats, which, f"{label} ({n_runs} runs)", colors[i % len(colors)])
+    if floor is not None:
+        for ax in axes:
+            ax.plot(np.arange(len(floor)), floor, color="grey", linestyle="--", label="random policy")
     for ax, which in zip(axes, ("Mean", "IQM")):
         ax.set_title(f"{which}, 95% stratified bootstrap CI")
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
@@ -135,6 +141,15 @@ def adaptation_curves(runs: list[Run]) -> dict[str, tuple[np.ndarray, list[Aggre
     return out
 
 
+def random_floor(runs: list[Run]) -> np.ndarray | None:
+    """Mean return per episode index of the random policy beside the runs' meta-tests."""
+    results = [np.array(r.random["returns"], dtype=float) for r in runs if r.random is not None]
+    if not results:
+        return None
+    episodes = min(r.shape[1] for r in results)
+    return np.nanmean(np.concatenate([r[:, :episodes] for r in results]), axis=0)
+
+
 def plot_runs(run_dirs: list[Path], out: Path, protocol: str = "adaptation") -> list[Path]:
     runs = [load_run(path, protocol) for path in run_dirs]
     paths: list[Path] = []
@@ -145,7 +160,7 @@ def plot_runs(run_dirs: list[Path], out: Path, protocol: str = "adaptation") -> 
     adaptation = adaptation_curves(runs)
     if adaptation:
         paths += _figure(f"Fast adaptation ({protocol}): return per episode of a trial on held-out tasks",
-                         "episode index within the trial", adaptation, out, "adaptation_curves")
+                         "episode index within the trial", adaptation, out, "adaptation_curves", random_floor(runs))
     if not paths:
         raise ConfigError("nothing to plot: no meta-test in metrics.jsonl and no eval/"
                           f"{protocol}.json in the given runs")
