@@ -252,11 +252,12 @@ def main() -> None:
 
     ends = {algo: end_to_end(get_preset("cheetah-vel", algo), args.epochs) for algo in ("trmrl", "rl2")}
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    rows = [[algo, sampling, update, sampling + update, sps, sps / floors["cheetah-vel"][1], 2e7 / sps / 3600]
-            for algo, (sampling, update, sps) in ends.items()]
+    steps_per_epoch = get_preset("cheetah-vel").steps_per_epoch
+    rows = [[algo, sampling, update, sampling + update, sps, steps_per_epoch / sampling / floors["cheetah-vel"][1],
+             2e7 / sps / 3600] for algo, (sampling, update, sps) in ends.items()]
     table(f"5. End to end: trmrl train cheetah-vel --algo A, {args.epochs} epochs (median epoch; "
           f"peak RSS of the whole script {peak_mb:.0f} MB)",
-          ["algorithm", "sampling s", "update s", "epoch s", "env steps/s", "ratio to SyncVectorEnv",
+          ["algorithm", "sampling s", "update s", "epoch s", "env steps/s", "sampler ratio to SyncVectorEnv",
            "2e7 steps, hours"], rows)
 
     if not args.skip_peer:

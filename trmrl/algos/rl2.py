@@ -173,7 +173,8 @@ def rl2_update(model: RecurrentActorCritic, policy_optimizer: torch.optim.Optimi
     valid = chunks.valid
     stats["losses/explained_variance"] = ppo.explained_variance(chunks.values[valid], chunks.returns[valid])
     with torch.no_grad():
-        stats["losses/entropy"] = float(model.distribution(chunks.actions[:1, :1], chunks.values[:1, :1]).entropy())
+        # the Gaussian's entropy depends on its (state-independent) std alone
+        stats["losses/entropy"] = float(model.distribution(torch.zeros(model.act_dim), torch.zeros(())).entropy())
         stats["charts/action_std"] = float(model.log_std.exp().mean())
     return stats
 
