@@ -81,7 +81,7 @@ def test_presets_pick_the_rl2_settings():
         config = get_preset(name, "rl2")
         assert config.algo == "rl2" and config.task == get_preset(name).task  # same trials as TrMRL
     c = get_preset("cheetah-vel", "rl2")  # garage's RL2PPO HalfCheetahVel example
-    assert (c.rl2.cell, c.rl2.hidden_size, c.rl2.bptt_chunk) == ("gru", 64, 10)
+    assert (c.rl2.cell, c.rl2.hidden_size, c.rl2.bptt_chunk, c.rl2.init_std) == ("gru", 64, 10, 1.0)
     assert (c.ppo.gamma, c.ppo.gae_lambda, c.ppo.clip_coef, c.ppo.policy_lr, c.ppo.ent_coef) == (0.99, 0.95, 0.2, 1e-3, 0.02)
     assert c.ppo.minibatch_size // c.rl2.bptt_chunk == 32 and not c.ppo.norm_adv
     with pytest.raises(ConfigError, match="unknown algorithm"):

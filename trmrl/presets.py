@@ -85,12 +85,12 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
 
 # RL^2-PPO on the same presets (`--algo rl2`): the trial shape, task budget and evaluation stay
 # the preset's, so that both algorithms see the same data. MuJoCo: garage's RL2PPO HalfCheetahVel
-# example (examples/tf/rl2_ppo_halfcheetah.py): GRU of 64, gamma 0.99, GAE lambda 0.95, clip 0.2,
+# example (examples/tf/rl2_ppo_halfcheetah.py): GRU of 64, initial std 1, gamma 0.99, GAE lambda 0.95, clip 0.2,
 # Adam lr 1e-3 (its optimiser's default), 10 passes, minibatches of 32 sequences of 10 steps,
 # entropy 0.02, no advantage normalisation. garage fits a linear feature baseline and adds the
 # entropy to the reward ('max' entropy); here a recurrent critic and an entropy loss term.
 _RL2_MUJOCO = dict(
-    rl2=RL2Config(cell="gru", hidden_size=64, bptt_chunk=10, init_std=0.5),
+    rl2=RL2Config(cell="gru", hidden_size=64, bptt_chunk=10, init_std=1.0),  # GaussianGRUPolicy's default std
     ppo=dict(gamma=0.99, gae_lambda=0.95, clip_coef=0.2, ent_coef=0.02, update_epochs=10, minibatch_size=320,
              policy_lr=1e-3, value_lr=1e-3, policy_lr_decay=False, value_lr_decay=False, weight_decay=0.0,
              norm_adv=False, value_loss="mse", max_grad_norm=None),
