@@ -124,13 +124,10 @@ def make_chunks(rollout: Rollout, chunk_states: Sequence[RecurrentState], chunk:
     """Cut every env's rollout at each multiple of `chunk` and at each trial start (see the module
     docstring); advantages and returns over whole trials."""
     advantages, returns = ppo.advantages_and_returns(rollout, config)
-    steps, envs = rollout.rewards.shape
-    starts, env_of = [], []
-    for b in range(envs):
-        cuts = sorted(set(range(0, steps, chunk)) | set(rollout.trial_start[:, b].nonzero().flatten().tolist()))
-        starts += cuts
-        env_of += [b] * len(cuts)
-    start, env = torch.tensor(starts), torch.tensor(env_of)
+    steps = rollout.rewards.shape[0]
+    cut = rollout.trial_start.clone()  # (T, B)
+    cut[::chunk] = True
+    env, start = cut.T.nonzero(as_tuple=True)  # (S,) each: env-major, steps ascending within an env
     # a chunk ends at the next cut of the same env, or at T
     following = torch.cat([start[1:], torch.tensor([steps])])
     end = torch.where(torch.cat([env[1:] == env[:-1], torch.tensor([False])]), following, steps)
