@@ -188,3 +188,21 @@ def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
     checkpoint.save(tmp_path / "checkpoint.pt", state)
     with pytest.raises(CheckpointError, match="does not match"):
         load_trained(tmp_path)
+
+
+def test_paper_references_are_drawn_only_for_runs_of_one_preset(tmp_path):
+    from trmrl.paper import adaptation_reference, learning_references
+    from trmrl.plot import Run, shared_preset
+
+    def run(preset):
+        return Run("trmrl: x", tmp_path, preset, (np.array([0]), np.array([0.0])), None, None)
+
+    assert shared_preset([run("cheetah-vel"), run("cheetah-vel")]) == "cheetah-vel"
+    assert shared_preset([run("cheetah-vel"), run("ant-dir")]) is None  # no reference fits both
+    # the values of TRMRL.md section 6, read from the paper's figures 4-6 and appendix E
+    paper, no_tfixup = learning_references("cheetah-vel")
+    assert (paper.at(2e6), paper.at(4e6), paper.at(1e7)) == (-70, -34, -25)
+    assert no_tfixup.at(2e6) == -268 and paper.at(3e6) is None
+    assert adaptation_reference("cheetah-vel", "ood").y == (-100, -125, -114, -99, -134, -106)
+    assert adaptation_reference("ant-dir", "adaptation").at(5) == 1160
+    assert adaptation_reference("point-nav", "adaptation") is None and learning_references(None) == ()

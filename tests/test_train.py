@@ -29,6 +29,7 @@ def test_run_directory_is_self_describing(tmp_path):
     assert trained == [(0, 80), (1, 160), (2, 240), (3, 320)]
     assert tested == [(0, 0), (2, 160), (4, 320)]  # every 2 epochs, at the steps seen, and at the end
     assert load_run(tmp_path, "adaptation").curve[0].tolist() == [0, 160, 320]  # plotted where measured
+    assert load_run(tmp_path, "adaptation").preset == tiny_config().preset  # picks the paper's reference
     assert list((tmp_path / "tb").iterdir())
     assert checkpoint.load(RunDir(tmp_path).checkpoint)["epoch"] == 4
     assert len(summary["return_per_episode"]) == 3

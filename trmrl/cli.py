@@ -22,7 +22,7 @@ USAGE = """usage:
   trmrl train --resume RUN_DIR [--total-env-steps N]
   trmrl eval RUN_DIR|CHECKPOINT [--protocol during-training|adaptation|ood] [--n-tasks N]
              [--episodes K] [--sampled] [--seed S] [--attention]
-  trmrl plot RUN_DIR [RUN_DIR ...] [--out DIR]   learning and adaptation curves over seeds
+  trmrl plot RUN_DIR [RUN_DIR ...] [--out DIR] [--no-paper]   learning and adaptation curves over seeds
   trmrl presets                               list the named presets and task distributions
   trmrl algos                                 list the algorithms (trmrl train PRESET --algo NAME)
   trmrl train PRESET --help                   every field, with its default in that preset
@@ -130,6 +130,7 @@ def eval_command(args: list[str]) -> None:
 
     from trmrl.algos.trmrl import TrMRL
     from trmrl.evaluate import PROTOCOLS, MetaTester, resolve_protocol
+    from trmrl.paper import adaptation_reference
     from trmrl.tasks import make_task_distribution
     from trmrl.train import load_trained
 
@@ -157,15 +158,21 @@ def eval_command(args: list[str]) -> None:
     json_path, csv_path = run.eval_result(protocol.name), run.eval_result(protocol.name).with_suffix(".csv")
     print(f"{protocol.name}: {protocol.n_tasks} held-out tasks of {tester.distribution.name} (seed {seed}), "
           f"trials of {protocol.episodes} episodes, {'mean' if protocol.deterministic else 'sampled'} actions")
+    paper = adaptation_reference(config.preset, protocol.name)
     print("episode     mean   95% CI                  IQM   95% CI                random mean"
-          + ("  success" if result.successes is not None else ""))
+          + ("  success" if result.successes is not None else "") + ("    paper" if paper else ""))
     for row, floor in zip(result.per_episode(), np.nanmean(random.returns, axis=0)):
         line = (f"{row['episode']:>7} {row['return_mean']:8.2f}   [{row['return_mean_ci_low']:8.2f}, "
                 f"{row['return_mean_ci_high']:8.2f}] {row['return_iqm']:8.2f}   [{row['return_iqm_ci_low']:8.2f}, "
                 f"{row['return_iqm_ci_high']:8.2f}]   {floor:8.2f}")
         if "success_rate" in row:
             line += f"     {row['success_rate']:.2f}"
+        if paper:
+            value = paper.at(row["episode"])
+            line += f" {value:8.2f}" if value is not None else "        -"
         print(line)
+    if paper:
+        print(f"paper: {paper.label}, mean of its 3 seeds, read from its plot")
     print(f"wrote {json_path} and {csv_path} (and {protocol.name}-random beside them)")
     if ns.attention:
         from trmrl.attention import save_attention
@@ -181,8 +188,10 @@ def plot_command(args: list[str]) -> None:
     parser.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
     parser.add_argument("--out", type=Path, default=Path("plots"), help="output directory (default: plots)")
     parser.add_argument("--protocol", default="adaptation", help="eval result used for adaptation curves")
+    parser.add_argument("--paper", action=argparse.BooleanOptionalAction, default=True,
+                        help="draw the paper's points for the runs' preset (default: on)")
     ns = parser.parse_args(args)
-    for path in plot_runs(ns.runs, ns.out, ns.protocol):
+    for path in plot_runs(ns.runs, ns.out, ns.protocol, ns.paper):
         print(f"wrote {path}")
 
 

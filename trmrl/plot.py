@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from trmrl.errors import CheckpointError, ConfigError
 from trmrl.log import read_metrics
+from trmrl.paper import Reference, adaptation_reference, learning_references
 from trmrl.rundir import RunDir
 from trmrl.stats import Aggregate, aggregate
 
@@ -33,6 +35,7 @@ def group_label(run_dir: Path) -> str:
 class Run:
     label: str
     path: Path
+    preset: str | None
     curve: tuple[np.ndarray, np.ndarray]  # env steps (P,), meta-test return (P,)
     adaptation: dict | None  # eval/<protocol>.json
     random: dict | None  # eval/<protocol>-random.json: a random policy on the same tasks
@@ -50,8 +53,9 @@ def load_run(path: Path, protocol: str) -> Run:
             steps.append(_measured_at(record))
             values.append(float(np.mean(episodes)))
     read = lambda file: json.loads(file.read_text()) if file.is_file() else None  # noqa: E731
-    algo = json.loads(run.config.read_text()).get("algo", "trmrl") if run.config.is_file() else "trmrl"
-    return Run(f"{algo}: {group_label(path)}", path, (np.array(steps), np.array(values)),
+    config = json.loads(run.config.read_text()) if run.config.is_file() else {}
+    return Run(f"{config.get('algo', 'trmrl')}: {group_label(path)}", path, config.get("preset"),
+               (np.array(steps), np.array(values)),
                read(run.eval_result(protocol)), read(run.eval_result(f"{protocol}-random")))
 
 
@@ -72,7 +76,7 @@ def _band(ax, x: np.ndarray, stats: list[Aggregate], which: str, label: str, col
 
 
 def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Aggregate], int]], out: Path, name: str,
-            floor: np.ndarray | None = None) -> list[Path]:
+            floor: np.ndarray | None = None, references: Sequence[Reference] = ()) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,6 +90,10 @@ def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Ag
     if floor is not None:
         for ax in axes:
             ax.plot(np.arange(len(floor)), floor, color="grey", linestyle="--", label="random policy")
+    for reference, style in zip(references, ("-", ":", "-.")):
+        for ax in axes:
+            ax.plot(reference.x, reference.y, color="black", linestyle=style, marker="s", markersize=4,
+                    label=reference.label)
     for ax, which in zip(axes, ("Mean", "IQM")):
         ax.set_title(f"{which}, 95% stratified bootstrap CI")
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
@@ -150,17 +158,30 @@ def random_floor(runs: list[Run]) -> np.ndarray | None:
     return np.nanmean(np.concatenate([r[:, :episodes] for r in results]), axis=0)
 
 
-def plot_runs(run_dirs: list[Path], out: Path, protocol: str = "adaptation") -> list[Path]:
+def shared_preset(runs: Sequence[Run]) -> str | None:
+    """The preset every run started from, or None when they differ (then no paper reference
+    fits them all)."""
+    presets = {run.preset for run in runs}
+    return presets.pop() if len(presets) == 1 else None
+
+
+def plot_runs(run_dirs: list[Path], out: Path, protocol: str = "adaptation", paper: bool = True) -> list[Path]:
+    """Learning and adaptation figures of the runs; with `paper`, the paper's points for their
+    preset beside them (when all runs share a preset the paper reports)."""
     runs = [load_run(path, protocol) for path in run_dirs]
+    preset = shared_preset(runs) if paper else None
     paths: list[Path] = []
     learning = learning_curves(runs)
     if learning:
         paths += _figure("Meta-training: meta-test return (mean over the episodes of a trial)",
-                         "environment steps", learning, out, "learning_curves")
+                         "environment steps", learning, out, "learning_curves",
+                         references=learning_references(preset))
     adaptation = adaptation_curves(runs)
     if adaptation:
+        reference = adaptation_reference(preset, protocol)
         paths += _figure(f"Fast adaptation ({protocol}): return per episode of a trial on held-out tasks",
-                         "episode index within the trial", adaptation, out, "adaptation_curves", random_floor(runs))
+                         "episode index within the trial", adaptation, out, "adaptation_curves", random_floor(runs),
+                         references=(reference,) if reference else ())
     if not paths:
         raise ConfigError("nothing to plot: no meta-test in metrics.jsonl and no eval/"
                           f"{protocol}.json in the given runs")
