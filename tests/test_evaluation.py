@@ -206,3 +206,28 @@ def test_paper_references_are_drawn_only_for_runs_of_one_preset(tmp_path):
     assert adaptation_reference("cheetah-vel", "ood").y == (-100, -125, -114, -99, -134, -106)
     assert adaptation_reference("ant-dir", "adaptation").at(5) == 1160
     assert adaptation_reference("point-nav", "adaptation") is None and learning_references(None) == ()
+
+
+def test_a_run_with_an_ood_pair_ends_with_both_protocols(tmp_path):
+    """cheetah-vel's training ends with the fast-adaptation and the OOD protocol (the paper's
+    Fig. 5 and 6), each beside a random policy; point-nav has no OOD pair."""
+    import dataclasses
+
+    from trmrl.evaluate import final_protocols
+    from trmrl.presets import get_preset
+    from trmrl.train import train
+
+    config = get_preset("cheetah-vel")
+    config = dataclasses.replace(
+        config, total_env_steps=40, progress=False, torch_threads=1,
+        task=dataclasses.replace(config.task, tasks_per_epoch=2, max_episode_steps=10),
+        model=dataclasses.replace(config.model, d_model=16, n_heads=2, d_ff=32, n_layers=1),
+        eval=dataclasses.replace(config.eval, every_epochs=0, final_n_tasks=3, final_episodes=2))
+    summary = train(config, tmp_path)
+    assert final_protocols("point-nav") == ["adaptation"]
+    assert summary["distribution"] == "cheetah-vel" and summary["ood"]["distribution"] == "cheetah-vel-ood"
+    ood = json.loads((tmp_path / "eval" / "ood.json").read_text())
+    velocities = [task["params"][0] for task in ood["tasks"]]
+    assert len(velocities) == 3 and all(3.0 <= v <= 4.0 for v in velocities)
+    assert np.allclose(np.mean(ood["returns"], axis=0), summary["ood"]["return_per_episode"])
+    assert (tmp_path / "eval" / "ood-random.json").exists()

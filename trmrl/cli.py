@@ -71,13 +71,23 @@ def _one_line(report: str) -> str:
     return " ".join(lines[1:] if len(lines) > 1 else lines) or "invalid arguments"
 
 
-def _print_summary(summary: dict, run_dir: Path) -> None:
-    if summary:
-        print(f"\nmeta-test: {summary['n_tasks']} held-out tasks, trials of {summary['episodes']} episodes "
-              f"({'mean' if summary['deterministic'] else 'sampled'} actions)")
-        print("episode  return   random policy")
-        for k, (ret, rnd) in enumerate(zip(summary["return_per_episode"], summary["random_return_per_episode"])):
-            print(f"{k:>7}  {ret:8.2f}  {rnd:8.2f}")
+def _print_summary(summary: dict, run_dir: Path, preset: str) -> None:
+    """The end-of-training meta-tests: return per episode index beside a random policy on the same
+    tasks and, where the paper reports one, the paper's figure."""
+    from trmrl.paper import adaptation_reference
+
+    for name, part in (("adaptation", summary), ("ood", summary.get("ood"))):
+        if not part:
+            continue
+        paper = adaptation_reference(preset, name)
+        print(f"\nmeta-test ({name}): {part['n_tasks']} held-out tasks of {part.get('distribution', 'the run')}, "
+              f"trials of {part['episodes']} episodes ({'mean' if part['deterministic'] else 'sampled'} actions)")
+        print("episode    return  random policy" + ("     paper" if paper else ""))
+        for k, (ret, rnd) in enumerate(zip(part["return_per_episode"], part["random_return_per_episode"])):
+            value = paper.at(k) if paper else None
+            print(f"{k:>7}  {ret:8.2f}  {rnd:13.2f}" + (f"  {value:8.2f}" if value is not None else ""))
+        if paper:
+            print(f"paper: {paper.label}, the mean of its 3 seeds read from its plot")
     print(f"run directory: {run_dir}")
 
 
@@ -97,7 +107,7 @@ def train_command(args: list[str]) -> None:
         changes = {k: v for k, v in (("total_env_steps", ns.total_env_steps), ("progress", ns.progress)) if v is not None}
         config = _replace(config, **changes)
         summary = train(config, ns.resume, resume=True)
-        _print_summary(summary, ns.resume)
+        _print_summary(summary, ns.resume, config.preset)
         return
     from trmrl.presets import DEFAULT_PRESET
 
@@ -109,7 +119,7 @@ def train_command(args: list[str]) -> None:
         raise ConfigError(f"{run_dir} already holds a run; continue it with: trmrl train --resume {run_dir}")
     config = _replace(config, run_dir=run_dir, preset=preset)
     print(f"run directory: {run_dir}")
-    _print_summary(train(config, run_dir), run_dir)
+    _print_summary(train(config, run_dir), run_dir, preset)
 
 
 def _replace(config: TrainConfig, **changes: object) -> TrainConfig:
@@ -172,7 +182,7 @@ def eval_command(args: list[str]) -> None:
             line += f" {value:8.2f}" if value is not None else "        -"
         print(line)
     if paper:
-        print(f"paper: {paper.label}, mean of its 3 seeds, read from its plot")
+        print(f"paper: {paper.label}, the mean of its 3 seeds read from its plot")
     print(f"wrote {json_path} and {csv_path} (and {protocol.name}-random beside them)")
     if ns.attention:
         from trmrl.attention import save_attention

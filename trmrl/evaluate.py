@@ -88,10 +88,6 @@ def during_training(n_tasks: int, episodes: int, deterministic: bool) -> EvalPro
     return resolve_protocol("during-training", "", n_tasks=n_tasks, episodes=episodes, deterministic=deterministic)
 
 
-def final_test(n_tasks: int, episodes: int, deterministic: bool) -> EvalProtocol:
-    return resolve_protocol("adaptation", "", n_tasks=n_tasks, episodes=episodes, deterministic=deterministic)
-
-
 @dataclass
 class MetaTestResult:
     """Per task and episode index of a trial; `first_episode_rewards` is the per-step reward of
@@ -255,16 +251,29 @@ class RandomPolicy:
         return torch.zeros(len(inputs))
 
 
+def final_protocols(task: str) -> list[str]:
+    """What runs after training: the fast-adaptation protocol, and the out-of-distribution one
+    for a task that has an OOD pair (cheetah-vel: the paper's Fig. 5 and 6)."""
+    return ["adaptation"] + (["ood"] if registered()[task].ood else [])
+
+
 def final_meta_test(config: TrainConfig, learner: MetaLearner, distribution: TaskDistribution,
                     eval_dir: Path) -> dict[str, Any]:
-    """The fast-adaptation protocol on held-out tasks, beside a random policy on the same tasks;
-    written to eval_dir/adaptation.{json,csv} and eval_dir/adaptation-random.{json,csv}."""
+    """`final_protocols` with the run's final-test size, each beside a random policy on the same
+    tasks, written to eval_dir/<protocol>.{json,csv} and eval_dir/<protocol>-random.{json,csv}.
+    Returns the adaptation summary, with the OOD one under "ood" when it ran."""
     e = config.eval
-    tester = MetaTester(distribution, final_test(e.final_n_tasks, e.final_episodes, e.deterministic),
-                        config.task.max_episode_steps, e.seed)
-    result, random = tester.run_beside_random(learner, eval_dir)
-    return {
-        "n_tasks": e.final_n_tasks, "episodes": e.final_episodes, "deterministic": e.deterministic,
-        "return_per_episode": np.nanmean(result.returns, axis=0).tolist(),
-        "random_return_per_episode": np.nanmean(random.returns, axis=0).tolist(),
-    }
+    summaries = {}
+    for name in final_protocols(config.task.name):
+        protocol = resolve_protocol(name, config.task.name, n_tasks=e.final_n_tasks, episodes=e.final_episodes,
+                                    deterministic=e.deterministic)
+        tester = MetaTester(distribution, protocol, config.task.max_episode_steps, e.seed)
+        result, random = tester.run_beside_random(learner, eval_dir)
+        summaries[name] = {
+            "protocol": name, "distribution": tester.distribution.name,
+            "n_tasks": e.final_n_tasks, "episodes": e.final_episodes, "deterministic": e.deterministic,
+            "return_per_episode": np.nanmean(result.returns, axis=0).tolist(),
+            "random_return_per_episode": np.nanmean(random.returns, axis=0).tolist(),
+        }
+    adaptation = summaries.pop("adaptation")
+    return adaptation | summaries

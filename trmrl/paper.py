@@ -28,19 +28,19 @@ LEARNING: dict[str, tuple[Reference, ...]] = {
     # Fig. 4: meta-test return or success of TrMRL; appendix E: the T-Fixup ablation (the paper's
     # configuration there reads -93 at 2e6 where Fig. 4 reads -70)
     "cheetah-vel": (
-        Reference("paper: TrMRL (Fig. 4)", (2e6, 4e6, 1e7), (-70.0, -34.0, -25.0)),
-        Reference("paper: without T-Fixup (app. E)", (2e6, 4e6, 1e7), (-268.0, -212.0, -190.0)),
+        Reference("TrMRL (Fig. 4)", (2e6, 4e6, 1e7), (-70.0, -34.0, -25.0)),
+        Reference("without T-Fixup (app. E)", (2e6, 4e6, 1e7), (-268.0, -212.0, -190.0)),
     ),
-    "ant-dir": (Reference("paper: TrMRL (Fig. 4)", (4e6, 8e6, 2e7), (310.0, 680.0, 1090.0)),),
+    "ant-dir": (Reference("TrMRL (Fig. 4)", (4e6, 8e6, 2e7), (310.0, 680.0, 1090.0)),),
 }
 """Preset -> the paper's learning-curve points for it."""
 
 ADAPTATION: dict[tuple[str, str], Reference] = {
     # Fig. 5: 20 test tasks, one trial of 6 episodes (the paper gives the first and last)
-    ("cheetah-vel", "adaptation"): Reference("paper: TrMRL (Fig. 5)", (0, 5), (-27.5, -26.8)),
-    ("ant-dir", "adaptation"): Reference("paper: TrMRL (Fig. 5)", (0, 5), (1130.0, 1160.0)),
+    ("cheetah-vel", "adaptation"): Reference("TrMRL (Fig. 5)", (0, 5), (-27.5, -26.8)),
+    ("ant-dir", "adaptation"): Reference("TrMRL (Fig. 5)", (0, 5), (1130.0, 1160.0)),
     # Fig. 6: HalfCheetahVel with target velocity U[3, 4], 20 tasks x 6 episodes
-    ("cheetah-vel", "ood"): Reference("paper: TrMRL (Fig. 6)", (0, 1, 2, 3, 4, 5),
+    ("cheetah-vel", "ood"): Reference("TrMRL (Fig. 6)", (0, 1, 2, 3, 4, 5),
                                       (-100.0, -125.0, -114.0, -99.0, -134.0, -106.0)),
 }
 """(preset, evaluation protocol) -> the paper's return per episode index."""

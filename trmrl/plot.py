@@ -93,7 +93,7 @@ def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Ag
     for reference, style in zip(references, ("-", ":", "-.")):
         for ax in axes:
             ax.plot(reference.x, reference.y, color="black", linestyle=style, marker="s", markersize=4,
-                    label=reference.label)
+                    label=f"paper: {reference.label}")
     for ax, which in zip(axes, ("Mean", "IQM")):
         ax.set_title(f"{which}, 95% stratified bootstrap CI")
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
