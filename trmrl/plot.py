@@ -94,6 +94,12 @@ def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Ag
         for ax in axes:
             ax.plot(reference.x, reference.y, color="black", linestyle=style, marker="s", markersize=4,
                     label=f"paper: {reference.label}")
+    if references and groups:
+        # the paper's curves run to 1e7-5e7 steps: keep the runs' range, and the paper's first point
+        left = min(float(x[0]) for x, _, _ in groups.values())
+        right = max(max(float(x[-1]) for x, _, _ in groups.values()), min(r.x[0] for r in references))
+        for ax in axes:
+            ax.set_xlim(left - 0.04 * (right - left), right + 0.04 * (right - left))
     for ax, which in zip(axes, ("Mean", "IQM")):
         ax.set_title(f"{which}, 95% stratified bootstrap CI")
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
