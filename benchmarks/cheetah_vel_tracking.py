@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trmrl.tasks import Task
+from trmrl.sampler import TrialSampler
+from trmrl.tasks import Task, make_task_distribution
 from trmrl.train import load_trained
 
 TARGETS = np.round(np.arange(0.0, 4.01, 0.25), 2)
@@ -40,9 +41,6 @@ def track(run_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise SystemExit(f"{run_dir} is a {config.task.name} run, not cheetah-vel")
     tasks = [Task("velocity", (float(v),)) for v in TARGETS for _ in range(REPEATS)]
     learner = algorithm.meta_learner()
-    from trmrl.sampler import TrialSampler
-    from trmrl.tasks import make_task_distribution
-
     sampler = TrialSampler(make_task_distribution(config.task.name), len(tasks), 1, config.task.max_episode_steps)
     rollout = sampler.collect(learner.exploration_policy(), tasks, list(range(len(tasks))), None, deterministic=True)
     x = rollout.obs[:, :, TORSO_X]  # position before each step

@@ -69,10 +69,8 @@ def probe(preset: str, variant: str, seed: int, passes: int) -> dict:
     with torch.no_grad():
         out1, memory1 = model(batch.windows, batch.lengths), model.latest_memory(batch.windows, batch.lengths)
         relative = lambda a, b: float((a - b).norm() / b.norm())
-        weight_change = [
-            relative(dict(layer.named_parameters())["linear1.weight"], dict(old.named_parameters())["linear1.weight"])
-            for layer, old in zip(model.transformer.layers, before.transformer.layers)
-        ]
+        weight_change = [relative(layer.linear1.weight, old.linear1.weight)
+                         for layer, old in zip(model.transformer.layers, before.transformer.layers)]
         attn_change = [
             relative(layer.self_attn.in_proj.weight, old.self_attn.in_proj.weight)
             for layer, old in zip(model.transformer.layers, before.transformer.layers)
