@@ -25,10 +25,24 @@ def test_ant_dir_preset_matches_the_paper_table():
     assert (c.model.share_network, c.model.init_std, c.model.output_weights_scale) == (True, 0.5, 0.01)
 
 
+def test_metaworld_presets_match_the_paper_table():
+    for name, task, tasks_per_epoch in (("ml1-reach", "ml1/reach-v3", 25), ("ml1-push", "ml1/push-v3", 25),
+                                        ("ml1-pick-place", "ml1/pick-place-v3", 25), ("ml10", "ml10", 20),
+                                        ("ml45", "ml45", 45)):
+        c = get_preset(name)
+        m, p, t = c.model, c.ppo, c.task
+        assert t.name == task and (t.tasks_per_epoch, t.episodes_per_trial, t.max_episode_steps) == (tasks_per_epoch, 10, 500)
+        assert (m.d_model, m.n_heads, m.d_ff, m.n_layers, m.window, m.memory_scope) == (32, 4, 128, 4, 5, "episode")
+        assert (p.gamma, p.gae_lambda, p.clip_coef, p.minibatch_size, p.policy_lr, p.value_lr) == (0.9, 0.95, 0.2, 32, 5e-5, 5e-5)
+        assert not (p.policy_lr_decay or p.value_lr_decay or p.norm_adv) and p.weight_decay == 0.01
+        assert (m.share_network, m.init_std, m.output_weights_scale) == (False, 1.0, 0.01)
+        assert t.reward_function_version == "v2"
+
+
 @pytest.mark.parametrize("name", PRESETS)
 def test_every_preset_names_itself_and_its_task(name):
     config = get_preset(name)
-    assert config.preset == name and config.task.name == name
+    assert config.preset == name and config.task.name.replace("/", "-").removesuffix("-v3") == name
 
 
 def test_unknown_preset():

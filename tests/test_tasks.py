@@ -10,7 +10,10 @@ from trmrl.tasks import make_task_distribution, registered
 from trmrl.trial import TrialEnv
 
 
-@pytest.mark.parametrize("name", list(registered()))
+METAWORLD = {name for name, entry in registered().items() if "reward_function_version" in entry.options}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in METAWORLD else n for n in registered()])
 def test_same_seed_same_tasks(name):
     d = make_task_distribution(name)
     a = d.sample(np.random.default_rng(7), 10, "train")

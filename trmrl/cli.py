@@ -72,23 +72,39 @@ def _one_line(report: str) -> str:
 
 
 def _print_summary(summary: dict, run_dir: Path, preset: str) -> None:
-    """The end-of-training meta-tests: return per episode index beside a random policy on the same
-    tasks and, where the paper reports one, the paper's figure."""
+    """The end-of-training meta-tests: return (and success) per episode index beside a random
+    policy on the same tasks and, where the paper reports one, the paper's figure; for a protocol
+    with adaptation episodes, the success over its evaluation episodes per held-out class."""
     from trmrl.paper import adaptation_reference
 
-    for name, part in (("adaptation", summary), ("ood", summary.get("ood"))):
+    for name, part in (("adaptation", summary), ("ood", summary.get("ood")), ("metaworld", summary.get("metaworld"))):
         if not part:
             continue
         paper = adaptation_reference(preset, name)
+        success = "success_per_episode" in part
         print(f"\nmeta-test ({name}): {part['n_tasks']} held-out tasks of {part.get('distribution', 'the run')}, "
               f"trials of {part['episodes']} episodes ({'mean' if part['deterministic'] else 'sampled'} actions)")
-        print("episode    return  random policy" + ("     paper" if paper else ""))
+        print("episode    return  random policy" + ("  success  random" if success else "") + ("     paper" if paper else ""))
         for k, (ret, rnd) in enumerate(zip(part["return_per_episode"], part["random_return_per_episode"])):
             value = paper.at(k) if paper else None
-            print(f"{k:>7}  {ret:8.2f}  {rnd:13.2f}" + (f"  {value:8.2f}" if value is not None else ""))
+            line = f"{k:>7}  {ret:8.2f}  {rnd:13.2f}"
+            if success:
+                line += f"  {part['success_per_episode'][k]:7.2f}  {part['random_success_per_episode'][k]:6.2f}"
+            print(line + (f"  {value:8.2f}" if value is not None else ""))
         if paper:
             print(f"paper: {paper.label}, the mean of its 3 seeds read from its plot")
+        if success:
+            _print_success_by_class(part["evaluation"], part["per_class"], part["adaptation_episodes"], part["episodes"])
     print(f"run directory: {run_dir}")
+
+
+def _print_success_by_class(overall: dict, per_class: dict, adaptation_episodes: int, episodes: int) -> None:
+    """Success rate over the evaluation episodes, in all and per held-out class, with 95% CIs."""
+    after = f" (after {adaptation_episodes} adaptation episodes)" if adaptation_episodes else ""
+    print(f"success over episodes {adaptation_episodes}-{episodes - 1}{after}, 95% CI over tasks:")
+    for label, row in (("all", overall), *per_class.items()):
+        print(f"  {label:<28} {row['success_rate']:5.2f}  [{row['success_ci_low']:.2f}, "
+              f"{row['success_ci_high']:.2f}]  ({row['n_tasks']} tasks)")
 
 
 def train_command(args: list[str]) -> None:
@@ -163,9 +179,11 @@ def eval_command(args: list[str]) -> None:
     protocol = resolve_protocol(ns.protocol, config.task.name, n_tasks=ns.n_tasks, episodes=ns.episodes,
                                 deterministic=not ns.sampled)
     seed = config.eval.seed if ns.seed is None else ns.seed
-    tester = MetaTester(make_task_distribution(config.task.name), protocol, config.task.max_episode_steps, seed)
+    distribution = make_task_distribution(config.task.name, **config.task_options())
+    tester = MetaTester(distribution, protocol, config.task.max_episode_steps, seed)
     result, random = tester.run_beside_random(algorithm.meta_learner(), run.eval)
     json_path, csv_path = run.eval_result(protocol.name), run.eval_result(protocol.name).with_suffix(".csv")
+    protocol = tester.protocol  # with its task count when it runs every held-out task
     print(f"{protocol.name}: {protocol.n_tasks} held-out tasks of {tester.distribution.name} (seed {seed}), "
           f"trials of {protocol.episodes} episodes, {'mean' if protocol.deterministic else 'sampled'} actions")
     paper = adaptation_reference(config.preset, protocol.name)
@@ -183,6 +201,8 @@ def eval_command(args: list[str]) -> None:
         print(line)
     if paper:
         print(f"paper: {paper.label}, the mean of its 3 seeds read from its plot")
+    if result.successes is not None:
+        _print_success_by_class(result.summary(), result.per_class(), protocol.adaptation_episodes, protocol.episodes)
     print(f"wrote {json_path} and {csv_path} (and {protocol.name}-random beside them)")
     if ns.attention:
         from trmrl.attention import save_attention
@@ -220,17 +240,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args[0] == "plot":
             plot_command(args[1:])
         elif args[0] == "presets":
-            from trmrl.tasks import registered
-
             from trmrl.presets import ALGO_PRESETS
+            from trmrl.tasks import families, registered
 
             print("presets (trmrl train PRESET [--algo NAME]):")
             for name, (description, config) in PRESETS.items():
                 algos = [config.algo] + [a for (n, a) in ALGO_PRESETS if n == name]
-                print(f"  {name:<16} {description} [{', '.join(algos)}]")
+                print(f"  {name:<18} {description} [{', '.join(algos)}]")
             print("task distributions (--task.name NAME):")
             for name, entry in registered().items():
-                print(f"  {name:<16} {entry.summary}")
+                print(f"  {name:<18} {entry.summary}")
+            for prefix, entry in families().items():
+                print(f"  {prefix + '<name>':<18} {entry.summary}")
         elif args[0] == "algos":
             from trmrl.algos import ALGORITHMS
 

@@ -41,6 +41,8 @@ class TaskConfig:
     """H: time limit of one episode (a truncation, not a termination)."""
     tasks_per_epoch: int = 32
     """B: tasks sampled per epoch, one trial each, stepped as one batch."""
+    reward_function_version: Literal["v1", "v2"] = "v2"
+    """MetaWorld tasks only: the reward family (metaworld's default 'v2', the paper's setting)."""
 
     def __post_init__(self) -> None:
         from trmrl.tasks import check_task_name
@@ -264,6 +266,10 @@ class TrainConfig:
             if isinstance(value, dict):
                 changes[name] = dataclasses.replace(getattr(self, name), **value)
         return dataclasses.replace(self, **changes)
+
+    def task_options(self) -> dict[str, Any]:
+        """What a task distribution may take from the run (`trmrl.tasks.TASK_OPTIONS`)."""
+        return {"seed": self.seed, "reward_function_version": self.task.reward_function_version}
 
     @property
     def steps_per_epoch(self) -> int:

@@ -10,6 +10,7 @@ what it saw, and episode k + 1 uses the adapted policy.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from trmrl.protocols import MetaLearner, Policy, Starts, Step
 from trmrl.sampler import Rollout, TrialSampler, episode_returns, episode_successes, first_episode_rewards
 from trmrl.seeding import Stream, numpy_rng, random_rows, task_streams
 from trmrl.stats import aggregate
-from trmrl.tasks import Task, TaskDistribution, make_task_distribution, registered
+from trmrl.tasks import Task, TaskDistribution, make_task_distribution, registered, registration
 
 
 @dataclass
@@ -56,6 +57,17 @@ class EvalProtocol:
     task_stream: Stream = Stream.TEST_TASKS
     env_stream: Stream = Stream.TEST_ENVS
     action_stream: Stream = Stream.TEST_ACTIONS
+    adaptation_episodes: int = 0
+    """The first episodes of a trial are adaptation; the rest are the evaluation episodes whose
+    success and return the protocol reports (0: every episode is reported alike)."""
+    every_test_task: bool = False
+    """Run every task of the held-out list once (MetaWorld: every test class and goal) instead
+    of n_tasks drawn ones."""
+
+
+MAX_ENVS = 50
+"""Envs stepped at once; a protocol over more tasks runs them in batches of this many (the data
+of a task depend on its own streams alone, so batching does not change them)."""
 
 
 PROTOCOLS: dict[str, EvalProtocol] = {
@@ -66,13 +78,15 @@ PROTOCOLS: dict[str, EvalProtocol] = {
     "adaptation": EvalProtocol("adaptation", 20, 6),
     # paper Fig. 6: HalfCheetahVel with target velocity U[3, 4], 20 tasks x 6 episodes
     "ood": EvalProtocol("ood", 20, 6),
+    # metaworld.evaluation.metalearning_evaluation's shape, counted per env and episode: every
+    # test class and goal, 10 adaptation episodes, then 3 evaluation episodes in the same trial
+    # (memory carried as the agent's scope allows)
+    "metaworld": EvalProtocol("metaworld", 0, 13, adaptation_episodes=10, every_test_task=True),
 }
 
 
 def resolve_protocol(name: str, task: str, **changes: Any) -> EvalProtocol:
     """The named protocol for a run on `task`, with optional changes (n_tasks, episodes, ...)."""
-    import dataclasses
-
     if name not in PROTOCOLS:
         raise ConfigError(f"unknown protocol '{name}'; choose from {', '.join(PROTOCOLS)}")
     protocol = PROTOCOLS[name]
@@ -81,7 +95,11 @@ def resolve_protocol(name: str, task: str, **changes: Any) -> EvalProtocol:
         if task not in pairs:
             raise ConfigError(f"protocol 'ood' is defined for {', '.join(pairs)} only, not '{task}'")
         protocol = dataclasses.replace(protocol, distribution=pairs[task])
-    return dataclasses.replace(protocol, **{k: v for k, v in changes.items() if v is not None})
+    protocol = dataclasses.replace(protocol, **{k: v for k, v in changes.items() if v is not None})
+    if not 0 <= protocol.adaptation_episodes < protocol.episodes:
+        raise ConfigError(f"protocol '{name}' needs more episodes ({protocol.episodes}) than adaptation episodes "
+                          f"({protocol.adaptation_episodes})")
+    return protocol
 
 
 def during_training(n_tasks: int, episodes: int, deterministic: bool) -> EvalProtocol:
@@ -105,9 +123,31 @@ class MetaTestResult:
         for k in range(self.returns.shape[1]):
             row = {"episode": k, **{f"return_{n}": v for n, v in aggregate(self.returns[:, k, None]).to_dict().items()}}
             if self.successes is not None:
-                row["success_rate"] = float(np.nanmean(self.successes[:, k]))
+                row |= _success(self.successes[:, k])
             rows.append(row)
         return rows
+
+    def evaluation_episodes(self) -> slice:
+        return slice(self.protocol.adaptation_episodes, None)
+
+    def summary(self, tasks: Sequence[int] | None = None) -> dict[str, Any]:
+        """Over the evaluation episodes (after the protocol's adaptation episodes) of `tasks`
+        (default all): the mean return and success rate per episode index and over all of them,
+        with 95% bootstrap CIs over tasks (each task's episodes averaged first)."""
+        rows = slice(None) if tasks is None else list(tasks)
+        returns = self.returns[rows][:, self.evaluation_episodes()]
+        out: dict[str, Any] = {"n_tasks": len(returns),
+                               **{f"return_{n}": v for n, v in aggregate(np.nanmean(returns, axis=1)).to_dict().items()}}
+        if self.successes is not None:
+            successes = self.successes[rows][:, self.evaluation_episodes()]
+            out |= _success(np.nanmean(successes, axis=1))
+            out["success_rate_per_episode"] = np.nanmean(successes, axis=0).tolist()
+        return out
+
+    def per_class(self) -> dict[str, dict[str, Any]]:
+        """`summary` for each task name (MetaWorld: each held-out class)."""
+        names = [t.name for t in self.tasks]
+        return {name: self.summary([i for i, n in enumerate(names) if n == name]) for name in dict.fromkeys(names)}
 
     def metrics(self, prefix: str = "meta_test") -> dict[str, float]:
         """`meta_test/episode_k/return` (and `/success`): means over tasks."""
@@ -122,7 +162,10 @@ class MetaTestResult:
             "protocol": p.name, "n_tasks": len(self.tasks), "episodes": p.episodes, "deterministic": p.deterministic,
             "distribution": p.distribution,
             "tasks": [{"name": t.name, "params": list(t.params)} for t in self.tasks],
+            "adaptation_episodes": p.adaptation_episodes,
             "per_episode": self.per_episode(),
+            "evaluation": self.summary(),
+            "per_class": self.per_class(),
             "returns": self.returns.tolist(),
             "successes": None if self.successes is None else self.successes.tolist(),
             "first_episode_rewards": self.first_episode_rewards.tolist(),
@@ -142,6 +185,12 @@ class MetaTestResult:
                     success = "" if self.successes is None else self.successes[i, k]
                     writer.writerow([i, task.name, " ".join(f"{x:g}" for x in task.params), k, self.returns[i, k], success])
         return json_path, csv_path
+
+
+def _success(successes: np.ndarray) -> dict[str, float]:
+    """Success rate over tasks (NaN: episode not reached) with its 95% bootstrap CI."""
+    stats = aggregate(successes[:, None])
+    return {"success_rate": stats.mean, "success_ci_low": stats.mean_ci[0], "success_ci_high": stats.mean_ci[1]}
 
 
 def _finite(value: Any) -> Any:
@@ -171,11 +220,21 @@ class MetaTester:
         self.protocol = protocol
         self.seed = seed
         self.max_episode_steps = max_episode_steps
-        self.sampler = TrialSampler(self.distribution, protocol.n_tasks, protocol.episodes, max_episode_steps)
+        if protocol.every_test_task:
+            if not hasattr(self.distribution, "tasks"):
+                raise ConfigError(f"protocol '{protocol.name}' needs a held-out task list; "
+                                  f"{self.distribution.name} has none")
+            self.protocol = protocol = dataclasses.replace(protocol, n_tasks=len(self.tasks()))
+        envs = min(protocol.n_tasks, MAX_ENVS)
+        self.sampler = TrialSampler(self.distribution, envs, protocol.episodes, max_episode_steps)
         self._single = TrialSampler(self.distribution, 1, 1, max_episode_steps)
 
     def tasks(self, index: int = 0) -> Sequence[Task]:
+        """The protocol's tasks for evaluation number `index` (every held-out task, or n_tasks
+        drawn from the protocol's stream)."""
         p = self.protocol
+        if p.every_test_task:
+            return self.distribution.tasks("test")  # type: ignore[attr-defined]
         return self.distribution.sample(numpy_rng(self.seed, p.task_stream, index), p.n_tasks, "test")
 
     def streams(self, index: int, tasks: Sequence[int]) -> tuple[list[int], list[torch.Generator]]:
@@ -191,10 +250,14 @@ class MetaTester:
         tasks = self.tasks(index)
         seeds, generators = self.streams(index, range(p.n_tasks))
         if learner.adapts_in_memory:  # type: ignore[union-attr]
-            rollout = self.sampler.collect(learner.exploration_policy(), tasks, seeds, generators, p.deterministic)  # type: ignore[union-attr]
-            returns = episode_returns(rollout, p.episodes)
-            successes = episode_successes(rollout, p.episodes)
-            first = first_episode_rewards(rollout, self.max_episode_steps)
+            parts = []
+            for start in range(0, len(tasks), len(self.sampler.envs)):
+                batch = slice(start, start + len(self.sampler.envs))
+                rollout = self.sampler.collect(learner.exploration_policy(), tasks[batch], seeds[batch],  # type: ignore[union-attr]
+                                               generators[batch], p.deterministic)
+                parts.append((episode_returns(rollout, p.episodes), episode_successes(rollout, p.episodes),
+                              first_episode_rewards(rollout, self.max_episode_steps)))
+            returns, successes, first = (np.concatenate(arrays) for arrays in zip(*parts))
         else:
             returns, successes, first = self._run_episodewise(learner, tasks, seeds, generators)  # type: ignore[arg-type]
         return MetaTestResult(p, tasks, returns, successes if self.distribution.reports_success else None, first)
@@ -251,29 +314,39 @@ class RandomPolicy:
         return torch.zeros(len(inputs))
 
 
-def final_protocols(task: str) -> list[str]:
-    """What runs after training: the fast-adaptation protocol, and the out-of-distribution one
-    for a task that has an OOD pair (cheetah-vel: the paper's Fig. 5 and 6)."""
-    return ["adaptation"] + (["ood"] if registered()[task].ood else [])
+def final_protocols(task: str, distribution: TaskDistribution | None = None) -> list[str]:
+    """What runs after training: the fast-adaptation protocol; the out-of-distribution one for a
+    task that has an OOD pair (cheetah-vel: the paper's Fig. 5 and 6); MetaWorld's protocol over
+    every held-out task for a distribution that lists them."""
+    return (["adaptation"] + (["ood"] if registration(task).ood else [])
+            + (["metaworld"] if hasattr(distribution, "tasks") else []))
 
 
 def final_meta_test(config: TrainConfig, learner: MetaLearner, distribution: TaskDistribution,
                     eval_dir: Path) -> dict[str, Any]:
-    """`final_protocols` with the run's final-test size, each beside a random policy on the same
-    tasks, written to eval_dir/<protocol>.{json,csv} and eval_dir/<protocol>-random.{json,csv}.
-    Returns the adaptation summary, with the OOD one under "ood" when it ran."""
+    """`final_protocols`, each beside a random policy on the same tasks, written to
+    eval_dir/<protocol>.{json,csv} and eval_dir/<protocol>-random.{json,csv}; adaptation and OOD
+    with the run's final-test size. Returns the adaptation summary, the others nested under their
+    protocol's name."""
     e = config.eval
     summaries = {}
-    for name in final_protocols(config.task.name):
-        protocol = resolve_protocol(name, config.task.name, n_tasks=e.final_n_tasks, episodes=e.final_episodes,
-                                    deterministic=e.deterministic)
+    for name in final_protocols(config.task.name, distribution):
+        size = {} if PROTOCOLS[name].every_test_task else {"n_tasks": e.final_n_tasks, "episodes": e.final_episodes}
+        protocol = resolve_protocol(name, config.task.name, deterministic=e.deterministic, **size)
         tester = MetaTester(distribution, protocol, config.task.max_episode_steps, e.seed)
         result, random = tester.run_beside_random(learner, eval_dir)
+        p = tester.protocol
         summaries[name] = {
             "protocol": name, "distribution": tester.distribution.name,
-            "n_tasks": e.final_n_tasks, "episodes": e.final_episodes, "deterministic": e.deterministic,
+            "n_tasks": p.n_tasks, "episodes": p.episodes, "adaptation_episodes": p.adaptation_episodes,
+            "deterministic": p.deterministic,
             "return_per_episode": np.nanmean(result.returns, axis=0).tolist(),
             "random_return_per_episode": np.nanmean(random.returns, axis=0).tolist(),
         }
+        if result.successes is not None:
+            summaries[name] |= {
+                "success_per_episode": np.nanmean(result.successes, axis=0).tolist(),
+                "random_success_per_episode": np.nanmean(random.successes, axis=0).tolist(),
+                "evaluation": result.summary(), "per_class": result.per_class()}
     adaptation = summaries.pop("adaptation")
     return adaptation | summaries

@@ -27,7 +27,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     run = RunDir(run_dir)
-    distribution = make_task_distribution(config.task.name)
+    distribution = make_task_distribution(config.task.name, **config.task_options())
     algorithm = make_algorithm(config, distribution)
     start = 0
     if resume:
@@ -88,6 +88,6 @@ def load_trained(path: Path) -> tuple[TrainConfig, Algorithm, RunDir]:
         config = from_dict(TrainConfig, state["config"])
     except (KeyError, TypeError, ConfigError) as exc:
         raise CheckpointError(f"{file} holds an incompatible config: {exc}") from None
-    algorithm = make_algorithm(config, make_task_distribution(config.task.name))
+    algorithm = make_algorithm(config, make_task_distribution(config.task.name, **config.task_options()))
     algorithm.load_state_dict(state)
     return config, algorithm, RunDir(file.parent)

@@ -1,0 +1,164 @@
+"""MetaWorld through the task seam: held-out goals and classes, the hidden goal, success at any
+step counted per env and episode, 10 x 500-step trials, and a short run on a class subset.
+Needs the `metaworld` extra (the README's test command installs it)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from trmrl import tasks
+from trmrl.config import EvalConfig, ModelConfig, PPOConfig, TaskConfig, TrainConfig
+from trmrl.errors import ConfigError
+from trmrl.evaluate import EvalProtocol, MetaTester, resolve_protocol
+from trmrl.protocols import Step
+from trmrl.tasks import make_task_distribution
+from trmrl.tasks.metaworld import custom
+from trmrl.train import train
+from trmrl.trial import TrialEnv
+
+# ML1 reach-v3 built with seed 1 by metaworld 3.1.1: the object and goal of its first train goal
+FIRST_TRAIN_GOAL = (-0.0591096, 0.6878117, 0.02, 0.0340935, 0.8417305, 0.1896725)
+
+
+@pytest.fixture(scope="module")
+def reach():
+    return make_task_distribution("ml1/reach-v3", seed=1)
+
+
+def test_ml1_goals_are_seeded_and_held_out(reach):
+    train_goals, test_goals = reach.tasks("train"), reach.tasks("test")
+    assert len(train_goals) == len(test_goals) == 50
+    assert np.allclose(train_goals[0].params, FIRST_TRAIN_GOAL, atol=1e-6)
+    assert not {t.params for t in train_goals} & {t.params for t in test_goals}
+    draw = reach.sample(np.random.default_rng(7), 25, "train")
+    assert draw == reach.sample(np.random.default_rng(7), 25, "train")
+    assert draw != reach.sample(np.random.default_rng(8), 25, "train")
+    assert len({t.params for t in draw}) == 25  # 25 of the 50 goals, none twice
+    assert {t.params for t in reach.sample(np.random.default_rng(0), 10, "test")} <= {t.params for t in test_goals}
+
+
+def test_goal_is_hidden_from_the_observation(reach):
+    env = reach.make_env()
+    observations = []
+    for task in reach.tasks("test")[:3]:
+        env.set_task(task)
+        obs, _ = env.reset(seed=0)
+        observations.append(obs)
+        assert obs.shape == (39,) and np.all(obs[36:] == 0.0)
+        assert not np.isclose(obs[None, :], np.array(task.params[3:])[:, None]).all(axis=0).any()
+    # the goals differ between tasks; at reset only the object's position (reach's rand_vec[:3],
+    # in the current and the previous frame) tells the observations apart
+    differs = {int(i) for a in observations[1:] for i in np.flatnonzero(~np.isclose(a, observations[0]))}
+    assert differs and differs <= {4, 5, 6, 22, 23, 24}
+
+
+def reach_then_leave(hand: torch.Tensor, goal: torch.Tensor, t: int, reach_steps: int = 60) -> torch.Tensor:
+    """Move the hand to the goal for `reach_steps` steps, then straight up and away."""
+    action = torch.zeros(4)
+    if t < reach_steps:
+        action[:3] = torch.clamp((goal - hand) * 100.0, -1.0, 1.0)
+    else:
+        action[:3] = torch.tensor([0.0, -1.0, 1.0])
+    return action
+
+
+class OneEnvReaches:
+    """Env 0 plays `reach_then_leave`; every other env holds still. True success rate: 1 of n
+    envs, every episode; and env 0's last step is not a success, so only counting success at
+    *any* step sees it."""
+
+    def __init__(self, goal):
+        self.goal = torch.tensor(goal, dtype=torch.float32)
+
+    def initial_state(self, n):
+        return torch.zeros(n, dtype=torch.long)  # the step within the episode
+
+    def act(self, inputs, state, starts, generators, deterministic=False):
+        t = torch.where(starts.episode, 0, state)
+        actions = torch.zeros(len(inputs), 4)
+        actions[0] = reach_then_leave(inputs[0, :3], self.goal, int(t[0]))
+        return Step(actions, torch.zeros(len(inputs)), torch.zeros(len(inputs))), t + 1
+
+    def value(self, inputs, state, starts):
+        return torch.zeros(len(inputs))
+
+
+def test_success_counted_per_env_at_any_step(reach):
+    protocol = EvalProtocol("adaptation", n_tasks=10, episodes=2)
+    tester = MetaTester(reach, protocol, max_episode_steps=100, seed=0)
+    first = tester.tasks()[0]
+    result = tester.run(OneEnvReaches(first.params[3:]))
+    # hand count: env 0 succeeds in both episodes, the nine others never
+    expected = np.zeros((10, 2))
+    expected[0] = 1.0
+    assert np.array_equal(result.successes, expected)
+    assert [row["success_rate"] for row in result.per_episode()] == [0.1, 0.1]
+    # (metaworld 3.1.1's helper counts the first episodes per class name, here env 0's: 1.0)
+
+    env = TrialEnv(reach.make_env(), 1, 100, task=first)
+    obs, _ = env.reset(seed=0)
+    flags = []
+    for t in range(100):
+        action = reach_then_leave(torch.as_tensor(obs[:3]), torch.tensor(first.params[3:]), t)
+        obs, _, _, _, info = env.step(action.numpy())
+        flags.append(info["success"])
+    assert any(flags) and not flags[-1]
+
+
+def test_trials_of_ten_500_step_episodes(reach):
+    env = TrialEnv(reach.make_env(), episodes_per_trial=10, max_episode_steps=500, task=reach.tasks("train")[3])
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    ends, indices = [], []
+    for t in range(5000):
+        obs, _, terminated, truncated, info = env.step(rng.uniform(-1, 1, 4))
+        indices.append(info["episode_index"])
+        if info["episode_end"]:
+            ends.append(t)
+        assert terminated is False and truncated == (t == 4999)
+        if t in (499, 999):
+            assert obs[-1] == 1.0  # the next step starts a new episode of the same trial
+    assert ends == list(range(499, 5000, 500))
+    assert indices[0] == 0 and indices[-1] == 9
+
+
+def test_metaworld_errors_are_one_line():
+    with pytest.raises(ConfigError, match="unknown MetaWorld class 'nope-v3'"):
+        make_task_distribution("ml1/nope-v3")
+    with pytest.raises(ConfigError, match="disjoint"):
+        custom(["reach-v3"], ["reach-v3"])
+    with pytest.raises(ConfigError, match="held-out task list"):
+        MetaTester(make_task_distribution("point-nav"), resolve_protocol("metaworld", "point-nav"), 5, seed=0)
+
+
+def test_short_run_on_a_class_subset_reports_success_per_held_out_class(tmp_path):
+    tasks.register("metaworld-smoke", lambda seed=0, reward_function_version="v2": custom(
+        ["reach-v3", "push-v3"], ["door-open-v3", "drawer-close-v3"], seed, reward_function_version),
+        options=("seed", "reward_function_version"), replace=True)
+    config = TrainConfig(
+        preset="metaworld-smoke", total_env_steps=160, seed=3, progress=False,
+        task=TaskConfig(name="metaworld-smoke", episodes_per_trial=2, max_episode_steps=20, tasks_per_epoch=4),
+        model=ModelConfig(d_model=16, n_heads=2, d_ff=32, n_layers=1, window=3, init_std=1.0, output_weights_scale=0.01),
+        ppo=PPOConfig(update_epochs=1, minibatch_size=40),
+        eval=EvalConfig(every_epochs=1, n_tasks=4, episodes=2, final_n_tasks=4, final_episodes=2),
+    )
+    dist = make_task_distribution("metaworld-smoke", seed=3)
+    for split, classes in (("train", ["reach-v3", "push-v3"]), ("test", ["door-open-v3", "drawer-close-v3"])):
+        names = [t.name for t in dist.sample(np.random.default_rng(0), 6, split)]
+        assert sorted(names) == sorted(classes * 3)  # a multiple of the class count: balanced
+    summary = train(config, tmp_path / "run")
+    held_out = {"door-open-v3", "drawer-close-v3"}
+    metaworld = summary["metaworld"]
+    assert metaworld["n_tasks"] == 100 and metaworld["episodes"] == 13 and metaworld["adaptation_episodes"] == 10
+    assert set(metaworld["per_class"]) == held_out
+    assert all(row["n_tasks"] == 50 and 0.0 <= row["success_rate"] <= 1.0 for row in metaworld["per_class"].values())
+    assert set(summary["per_class"]) <= held_out and len(summary["success_per_episode"]) == 2
+    saved = json.loads((tmp_path / "run" / "eval" / "metaworld.json").read_text())
+    assert {t["name"] for t in saved["tasks"]} == held_out
+    assert len(saved["successes"]) == 100 and len(saved["successes"][0]) == 13
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("meta_test/episode_0/success" in r for r in records)
+    versions = json.loads((tmp_path / "run" / "versions.json").read_text())
+    assert versions["mujoco"] == "3.3.0" and versions["metaworld"].startswith("3.")
