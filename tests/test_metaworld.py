@@ -124,7 +124,21 @@ def test_trials_of_ten_500_step_episodes(reach):
     assert indices[0] == 0 and indices[-1] == 9
 
 
-def test_metaworld_errors_are_one_line():
+def test_metaworld_errors_are_one_line(monkeypatch):
+    import sys
+
+    from trmrl.errors import MissingDependencyError
+    from trmrl.tasks import metaworld as mw
+
+    real_version = mw.metadata.version
+    monkeypatch.setattr(mw.metadata, "version", lambda name: "3.4.0" if name == "mujoco" else real_version(name))
+    with pytest.raises(MissingDependencyError, match=r"needs mujoco==3\.3\.0, found 3\.4\.0: pip install mujoco==3\.3\.0"):
+        make_task_distribution("ml10")
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "metaworld", None)  # as if the extra were not installed
+    with pytest.raises(MissingDependencyError, match=r"pip install 'trmrl\[metaworld\]'"):
+        make_task_distribution("ml1/reach-v3")
+    monkeypatch.undo()
     with pytest.raises(ConfigError, match="unknown MetaWorld class 'nope-v3'"):
         make_task_distribution("ml1/nope-v3")
     with pytest.raises(ConfigError, match="disjoint"):
