@@ -12,6 +12,7 @@ from trmrl import tasks
 from trmrl.config import EvalConfig, ModelConfig, PPOConfig, TaskConfig, TrainConfig
 from trmrl.errors import ConfigError
 from trmrl.evaluate import EvalProtocol, MetaTester, resolve_protocol
+from trmrl.plot import plot_runs
 from trmrl.protocols import Step
 from trmrl.tasks import make_task_distribution
 from trmrl.tasks.metaworld import custom
@@ -174,5 +175,7 @@ def test_short_run_on_a_class_subset_reports_success_per_held_out_class(tmp_path
     assert len(saved["successes"]) == 100 and len(saved["successes"][0]) == 13
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("meta_test/episode_0/success" in r for r in records)
+    paths = plot_runs([tmp_path / "run"], tmp_path / "plots")
+    assert tmp_path / "plots" / "success_curves.png" in paths
     versions = json.loads((tmp_path / "run" / "versions.json").read_text())
     assert versions["mujoco"] == "3.3.0" and versions["metaworld"].startswith("3.")

@@ -1,6 +1,6 @@
-"""`trmrl plot`: learning curves (meta-test return vs env steps) and adaptation curves (return
-vs episode index of a trial) of several runs, seeds aggregated: mean and IQM with 95%
-stratified bootstrap confidence bands (`trmrl.stats`).
+"""`trmrl plot`: learning curves (meta-test return vs env steps; the success rate too for tasks
+that report success) and adaptation curves (return vs episode index of a trial) of several runs,
+seeds aggregated: mean and IQM with 95% stratified bootstrap confidence bands (`trmrl.stats`).
 
 Runs are grouped by their directory name without the seed suffix, so `runs/point-nav-s1-...`
 and `runs/point-nav-s2-...` form one curve and `runs/ant-dir-s1-...` another.
@@ -23,7 +23,7 @@ from trmrl.paper import Reference, adaptation_reference, learning_references
 from trmrl.rundir import RunDir
 from trmrl.stats import Aggregate, aggregate
 
-META_TEST = re.compile(r"meta_test/episode_(\d+)/return")
+META_TEST = re.compile(r"meta_test/episode_(\d+)/(return|success)")
 
 
 def group_label(run_dir: Path) -> str:
@@ -37,6 +37,7 @@ class Run:
     path: Path
     preset: str | None
     curve: tuple[np.ndarray, np.ndarray]  # env steps (P,), meta-test return (P,)
+    success: tuple[np.ndarray, np.ndarray]  # env steps (P,), meta-test success rate (P,); empty if none
     adaptation: dict | None  # eval/<protocol>.json
     random: dict | None  # eval/<protocol>-random.json: a random policy on the same tasks
 
@@ -46,16 +47,17 @@ def load_run(path: Path, protocol: str) -> Run:
     if not run.metrics.is_file():
         raise CheckpointError(f"{path} is not a run directory (no metrics.jsonl)")
     records = read_metrics(path)
-    steps, values = [], []
+    curves: dict[str, tuple[list[int], list[float]]] = {"return": ([], []), "success": ([], [])}
     for record in records:
-        episodes = [v for k, v in record.items() if META_TEST.fullmatch(k)]
-        if episodes:
-            steps.append(_measured_at(record))
-            values.append(float(np.mean(episodes)))
+        for metric, (steps, values) in curves.items():
+            episodes = [v for k, v in record.items() if (m := META_TEST.fullmatch(k)) and m.group(2) == metric]
+            if episodes:
+                steps.append(_measured_at(record))
+                values.append(float(np.mean(episodes)))
     read = lambda file: json.loads(file.read_text()) if file.is_file() else None  # noqa: E731
     config = json.loads(run.config.read_text()) if run.config.is_file() else {}
     return Run(f"{config.get('algo', 'trmrl')}: {group_label(path)}", path, config.get("preset"),
-               (np.array(steps), np.array(values)),
+               *((np.array(steps), np.array(values)) for steps, values in curves.values()),
                read(run.eval_result(protocol)), read(run.eval_result(f"{protocol}-random")))
 
 
@@ -76,7 +78,8 @@ def _band(ax, x: np.ndarray, stats: list[Aggregate], which: str, label: str, col
 
 
 def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Aggregate], int]], out: Path, name: str,
-            floor: np.ndarray | None = None, references: Sequence[Reference] = ()) -> list[Path]:
+            floor: np.ndarray | None = None, references: Sequence[Reference] = (),
+            ylabel: str = "meta-test return") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,7 +108,7 @@ def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Ag
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("meta-test return")
+    axes[0].set_ylabel(ylabel)
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,18 +119,19 @@ def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Ag
     return paths
 
 
-def learning_curves(runs: list[Run]) -> dict[str, tuple[np.ndarray, list[Aggregate], int]]:
-    """Per group: env steps at which every run has a meta-test, and the aggregate over runs."""
-    groups: dict[str, list[Run]] = defaultdict(list)
+def learning_curves(runs: list[Run], metric: str = "curve") -> dict[str, tuple[np.ndarray, list[Aggregate], int]]:
+    """Per group: env steps at which every run has a meta-test, and the aggregate over runs of
+    `metric` ('curve': the return; 'success': the success rate)."""
+    groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
     for run in runs:
-        if len(run.curve[0]):
-            groups[run.label].append(run)
+        if len(getattr(run, metric)[0]):
+            groups[run.label].append(getattr(run, metric))
     out = {}
     for label, members in groups.items():
-        common = sorted(set.intersection(*(set(r.curve[0].tolist()) for r in members)))
+        common = sorted(set.intersection(*(set(steps.tolist()) for steps, _ in members)))
         if not common:
             continue
-        scores = np.array([[dict(zip(r.curve[0].tolist(), r.curve[1]))[x] for x in common] for r in members])
+        scores = np.array([[dict(zip(steps.tolist(), values))[x] for x in common] for steps, values in members])
         out[label] = (np.array(common), [aggregate(scores[:, j, None]) for j in range(len(common))], len(members))
     return out
 
@@ -182,6 +186,11 @@ def plot_runs(run_dirs: list[Path], out: Path, protocol: str = "adaptation", pap
         paths += _figure("Meta-training: meta-test return (mean over the episodes of a trial)",
                          "environment steps", learning, out, "learning_curves",
                          references=learning_references(preset))
+    success = learning_curves(runs, "success")
+    if success:
+        paths += _figure("Meta-training: meta-test success rate on held-out tasks (mean over the episodes of a trial)",
+                         "environment steps", success, out, "success_curves",
+                         references=learning_references(preset, "success"), ylabel="meta-test success rate")
     adaptation = adaptation_curves(runs)
     if adaptation:
         reference = adaptation_reference(preset, protocol)
