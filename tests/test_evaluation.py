@@ -195,7 +195,7 @@ def test_paper_references_are_drawn_only_for_runs_of_one_preset(tmp_path):
     from trmrl.plot import Run, shared_preset
 
     def run(preset):
-        return Run("trmrl: x", tmp_path, preset, (np.array([0]), np.array([0.0])), None, None)
+        return Run("trmrl: x", tmp_path, preset, (np.array([0]), np.array([0.0])), (np.array([]), np.array([])), None, None)
 
     assert shared_preset([run("cheetah-vel"), run("cheetah-vel")]) == "cheetah-vel"
     assert shared_preset([run("cheetah-vel"), run("ant-dir")]) is None  # no reference fits both

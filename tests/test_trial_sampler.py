@@ -111,3 +111,29 @@ def test_data_do_not_depend_on_how_tasks_are_split_over_samplers(name):
     assert torch.allclose(together.cut_values, torch.cat([h.cut_values for h in halves]), rtol=0, atol=1e-4)
     if name == "point-nav":
         assert not torch.equal(together.actions[:, 0], together.actions[:, 1])  # streams differ per task
+
+
+@pytest.mark.parametrize("name", ["point-nav", "ant-dir"])
+def test_subprocess_envs_give_the_data_of_in_process_envs(name):
+    """`vector_env='async'` (one subprocess per env) collects exactly what the in-process envs
+    collect, including restarted trials (ant-dir terminates early) and fewer tasks than envs."""
+    from trmrl.algos.trmrl import TrMRLPolicy
+    from trmrl.config import ModelConfig
+    from trmrl.nets.policy import ActorCritic
+    from trmrl.seeding import Stream, task_streams
+
+    dist = make_task_distribution(name)
+    tasks = dist.sample(np.random.default_rng(0), 3, "train")
+    local, remote = TrialSampler(dist, 4, 2, 6), TrialSampler(dist, 4, 2, 6, vector_env="async")
+    model = ActorCritic(local.obs_dim, local.act_dim, ModelConfig(d_model=16, n_heads=2, d_ff=16, window=3),
+                        torch.Generator().manual_seed(0))
+    policy = TrMRLPolicy(model, "trial")
+    try:
+        rollouts = [s.collect(policy, tasks, *task_streams(7, Stream.TRAIN_ENVS, Stream.TRAIN_ACTIONS, 3, range(3)),
+                              steps=30) for s in (local, remote)]
+    finally:
+        remote.close()
+    assert rollouts[0].trial_end.any()  # trials ended and restarted within the 30 steps
+    for field in ("obs", "actions", "rewards", "bootstrap_values", "episode_start", "trial_start", "episode_end",
+                  "terminated", "trial_end", "success", "cut_values"):
+        assert torch.equal(getattr(rollouts[0], field), getattr(rollouts[1], field)), field

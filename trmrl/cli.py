@@ -180,7 +180,7 @@ def eval_command(args: list[str]) -> None:
                                 deterministic=not ns.sampled)
     seed = config.eval.seed if ns.seed is None else ns.seed
     distribution = make_task_distribution(config.task.name, **config.task_options())
-    tester = MetaTester(distribution, protocol, config.task.max_episode_steps, seed)
+    tester = MetaTester(distribution, protocol, config.task.max_episode_steps, seed, config.task.vector_env)
     result, random = tester.run_beside_random(algorithm.meta_learner(), run.eval)
     json_path, csv_path = run.eval_result(protocol.name), run.eval_result(protocol.name).with_suffix(".csv")
     protocol = tester.protocol  # with its task count when it runs every held-out task

@@ -24,7 +24,7 @@ from torch import Tensor
 from trmrl.config import TrainConfig
 from trmrl.errors import ConfigError
 from trmrl.protocols import MetaLearner, Policy, Starts, Step
-from trmrl.sampler import Rollout, TrialSampler, episode_returns, episode_successes, first_episode_rewards
+from trmrl.sampler import Rollout, TrialSampler, VectorEnvKind, episode_returns, episode_successes, first_episode_rewards
 from trmrl.seeding import Stream, numpy_rng, random_rows, task_streams
 from trmrl.stats import aggregate
 from trmrl.tasks import Task, TaskDistribution, make_task_distribution, registered, registration
@@ -215,6 +215,7 @@ class MetaTester:
         protocol: EvalProtocol,
         max_episode_steps: int,
         seed: int,
+        vector_env: VectorEnvKind = "sync",
     ) -> None:
         self.distribution = make_task_distribution(protocol.distribution) if protocol.distribution else distribution
         self.protocol = protocol
@@ -226,8 +227,12 @@ class MetaTester:
                                   f"{self.distribution.name} has none")
             self.protocol = protocol = dataclasses.replace(protocol, n_tasks=len(self.tasks()))
         envs = min(protocol.n_tasks, MAX_ENVS)
-        self.sampler = TrialSampler(self.distribution, envs, protocol.episodes, max_episode_steps)
+        self.sampler = TrialSampler(self.distribution, envs, protocol.episodes, max_episode_steps, vector_env)
         self._single = TrialSampler(self.distribution, 1, 1, max_episode_steps)
+
+    def close(self) -> None:
+        self.sampler.close()
+        self._single.close()
 
     def tasks(self, index: int = 0) -> Sequence[Task]:
         """The protocol's tasks for evaluation number `index` (every held-out task, or n_tasks
@@ -265,7 +270,7 @@ class MetaTester:
     def run_beside_random(self, learner: MetaLearner | Policy[Any], out_dir: Path) -> tuple[MetaTestResult, MetaTestResult]:
         """The learner and a random policy on the same tasks, written to out_dir/<protocol>.{json,csv}
         and out_dir/<protocol>-random.{json,csv}: every curve with the floor beside it."""
-        space = self.sampler.envs[0].action_space
+        space = self.sampler.envs.action_space
         result, random = self.run(learner), self.run(RandomPolicy(space.low, space.high))
         result.write(out_dir)
         random.write(out_dir, f"{self.protocol.name}-random")
@@ -333,8 +338,9 @@ def final_meta_test(config: TrainConfig, learner: MetaLearner, distribution: Tas
     for name in final_protocols(config.task.name, distribution):
         size = {} if PROTOCOLS[name].every_test_task else {"n_tasks": e.final_n_tasks, "episodes": e.final_episodes}
         protocol = resolve_protocol(name, config.task.name, deterministic=e.deterministic, **size)
-        tester = MetaTester(distribution, protocol, config.task.max_episode_steps, e.seed)
+        tester = MetaTester(distribution, protocol, config.task.max_episode_steps, e.seed, config.task.vector_env)
         result, random = tester.run_beside_random(learner, eval_dir)
+        tester.close()
         p = tester.protocol
         summaries[name] = {
             "protocol": name, "distribution": tester.distribution.name,

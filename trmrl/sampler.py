@@ -6,9 +6,12 @@ same call can later run on remote workers without touching the algorithm.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol
+
+import gymnasium as gym
 
 import numpy as np
 import torch
@@ -66,17 +69,144 @@ def epoch_metrics(rollout: Rollout, samples: int, sampling: float, update: float
         "charts/sampling_sps": rollout.num_steps / sampling, "charts/update_samples_per_s": samples / update}
 
 
+VectorEnvKind = Literal["sync", "async"]
+
+
+def _trial_env(distribution: TaskDistribution, episodes_per_trial: int, max_episode_steps: int) -> TrialEnv:
+    return TrialEnv(distribution.make_env(), episodes_per_trial, max_episode_steps)
+
+
+@dataclass
+class EnvStep:
+    """One step of B trial envs, (B, ...) arrays. Where a trial ended, `next_obs` already starts
+    the next trial on the same task and `final_obs` is the ended trial's last observation; where
+    an inner episode ended, `final_obs` is that episode's last one; elsewhere it is `next_obs`."""
+
+    next_obs: np.ndarray  # (B, O) float32
+    final_obs: np.ndarray  # (B, O) float32
+    rewards: np.ndarray  # (B,)
+    episode_end: np.ndarray  # (B,) bool
+    terminated: np.ndarray  # (B,) bool
+    trial_end: np.ndarray  # (B,) bool
+    success: np.ndarray  # (B,) bool: the env reported info["success"]
+
+
+class EnvBatch(Protocol):
+    """B trial envs stepped together; `reset` starts one trial per task on the first len(tasks)."""
+
+    observation_space: gym.spaces.Box
+    action_space: gym.spaces.Box
+
+    def __len__(self) -> int: ...
+
+    def reset(self, tasks: Sequence[Task], seeds: Sequence[int]) -> np.ndarray: ...
+
+    def step(self, actions: np.ndarray) -> EnvStep: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessEnvs:
+    """The trial envs in this process, stepped one after the other (cheap simulators: the
+    stepping costs less than handing data to other processes)."""
+
+    def __init__(self, make: Callable[[], TrialEnv], n: int) -> None:
+        self.envs = [make() for _ in range(n)]
+        self.observation_space, self.action_space = self.envs[0].observation_space, self.envs[0].action_space
+        self._tasks: Sequence[Task] = ()
+
+    def __len__(self) -> int:
+        return len(self.envs)
+
+    def reset(self, tasks: Sequence[Task], seeds: Sequence[int]) -> np.ndarray:
+        self._tasks = tasks
+        return np.stack([env.reset(seed=s, options={"task": task})[0] for env, s, task in zip(self.envs, seeds, tasks)])
+
+    def step(self, actions: np.ndarray) -> EnvStep:
+        n = len(self._tasks)
+        next_obs = np.zeros((n, *self.observation_space.shape), dtype=np.float32)
+        final = np.zeros_like(next_obs)
+        rewards = np.zeros(n)
+        episode_end, terminated, trial_end, success = (np.zeros(n, dtype=bool) for _ in range(4))
+        for b, env in enumerate(self.envs[:n]):
+            nxt, rewards[b], term, trunc, info = env.step(actions[b])
+            episode_end[b], terminated[b] = info["episode_end"], info["episode_terminated"]
+            success[b] = bool(info.get("success", False))
+            trial_end[b] = term or trunc
+            final[b] = info.get("final_observation", nxt)
+            next_obs[b] = env.reset(options={"task": self._tasks[b]})[0] if trial_end[b] else nxt
+        return EnvStep(next_obs, final, rewards, episode_end, terminated, trial_end, success)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+class SubprocessEnvs:
+    """The trial envs in one subprocess each (gymnasium's AsyncVectorEnv, no autoreset), stepped
+    in parallel: pays for slow simulators (MetaWorld) when cores are free. The same data as
+    `InProcessEnvs` (each env is seeded alike); fewer tasks than envs pad the batch with copies of
+    the last task, whose results are dropped."""
+
+    def __init__(self, make: Callable[[], TrialEnv], n: int) -> None:
+        self.vec = gym.vector.AsyncVectorEnv([make] * n, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+        self.observation_space = self.vec.single_observation_space
+        self.action_space = self.vec.single_action_space
+        self._n = n
+
+    def __len__(self) -> int:
+        return self.vec.num_envs
+
+    def _pad(self, rows: Sequence[Any] | np.ndarray) -> list[Any] | np.ndarray:
+        missing = self.vec.num_envs - self._n
+        if isinstance(rows, np.ndarray):
+            return np.concatenate([rows, np.repeat(rows[-1:], missing, axis=0)])
+        return list(rows) + [rows[-1]] * missing
+
+    def reset(self, tasks: Sequence[Task], seeds: Sequence[int]) -> np.ndarray:
+        self._n = len(tasks)
+        self.vec.set_attr("task", self._pad(tasks))
+        obs, _ = self.vec.reset(seed=[int(s) for s in self._pad(seeds)])
+        return obs[: self._n]
+
+    def step(self, actions: np.ndarray) -> EnvStep:
+        nxt, rewards, terminated, truncated, info = self.vec.step(self._pad(actions))
+        trial_end = terminated | truncated
+
+        def reported(key: str) -> np.ndarray:
+            present = info.get(f"_{key}", np.zeros(len(nxt), dtype=bool))
+            return present if key != "success" else present & info.get(key, present).astype(bool)
+
+        inner = reported("final_observation")
+        final = np.where(inner[:, None], info["final_observation"], nxt) if inner.any() else nxt.copy()
+        if trial_end.any():  # the next trial on the same task (TrialEnv keeps its task)
+            restarted, _ = self.vec.reset(options={"reset_mask": trial_end})
+            nxt = np.where(trial_end[:, None], restarted, nxt)
+        n = self._n
+        return EnvStep(nxt[:n].astype(np.float32), final[:n].astype(np.float32), rewards[:n].astype(float),
+                       info["episode_end"][:n].astype(bool), info["episode_terminated"][:n].astype(bool),
+                       trial_end[:n], reported("success")[:n])
+
+    def close(self) -> None:
+        self.vec.close()
+
+
 class TrialSampler:
     """B trial envs of one task distribution, stepped in lockstep; the policy is called once per
     step on all B, and its state is carried from step to step without being looked into."""
 
     def __init__(
-        self, distribution: TaskDistribution, n_envs: int, episodes_per_trial: int, max_episode_steps: int
+        self, distribution: TaskDistribution, n_envs: int, episodes_per_trial: int, max_episode_steps: int,
+        vector_env: VectorEnvKind = "sync",
     ) -> None:
-        self.envs = [TrialEnv(distribution.make_env(), episodes_per_trial, max_episode_steps) for _ in range(n_envs)]
+        make = functools.partial(_trial_env, distribution, episodes_per_trial, max_episode_steps)
+        self.envs: EnvBatch = InProcessEnvs(make, n_envs) if vector_env == "sync" else SubprocessEnvs(make, n_envs)
         self.steps_per_trial = episodes_per_trial * max_episode_steps
-        self.obs_dim = self.envs[0].observation_space.shape[0]
-        self.act_dim = self.envs[0].action_space.shape[0]
+        self.obs_dim = self.envs.observation_space.shape[0]
+        self.act_dim = self.envs.action_space.shape[0]
+
+    def close(self) -> None:
+        self.envs.close()
 
     def collect(
         self,
@@ -94,7 +224,6 @@ class TrialSampler:
         n = len(tasks)
         if n > len(self.envs):
             raise ValueError(f"{n} tasks but only {len(self.envs)} envs")
-        envs = self.envs[:n]
         steps = self.steps_per_trial if steps is None else steps
 
         obs = torch.zeros(steps, n, self.obs_dim)
@@ -102,17 +231,10 @@ class TrialSampler:
         log_probs, values, rewards, bootstrap = (torch.zeros(steps, n) for _ in range(4))
         flags = {k: torch.zeros(steps, n, dtype=torch.bool) for k in
                  ("episode_start", "trial_start", "episode_end", "terminated", "trial_end", "success")}
-        success = np.zeros(n, dtype=bool)
 
-        current = np.stack([env.reset(seed=s, options={"task": task})[0]
-                            for env, s, task in zip(envs, env_seeds, tasks)])
+        current = self.envs.reset(tasks, env_seeds)
         starts = Starts(episode=torch.ones(n, dtype=torch.bool), trial=torch.ones(n, dtype=torch.bool))
         state = policy.initial_state(n)
-        step_rewards = np.zeros(n)
-        final = np.zeros_like(current)
-        episode_end = np.zeros(n, dtype=bool)
-        terminated = np.zeros(n, dtype=bool)
-        trial_end = np.zeros(n, dtype=bool)
         no_start = Starts(episode=torch.zeros(n, dtype=torch.bool), trial=torch.zeros(n, dtype=torch.bool))
         for t in range(steps):
             x = torch.from_numpy(current)
@@ -122,19 +244,11 @@ class TrialSampler:
             obs[t], actions[t], log_probs[t], values[t] = x, step.actions, step.log_probs, step.values
             flags["episode_start"][t], flags["trial_start"][t] = starts.episode, starts.trial
 
-            action_np = step.actions.double().numpy()
-            for b, env in enumerate(envs):
-                nxt, step_rewards[b], term, trunc, info = env.step(action_np[b])
-                episode_end[b], terminated[b] = info["episode_end"], info["episode_terminated"]
-                success[b] = bool(info.get("success", False))
-                trial_end[b] = term or trunc
-                final[b] = info.get("final_observation", nxt)
-                current[b] = env.reset(options={"task": tasks[b]})[0] if trial_end[b] else nxt
+            out = self.envs.step(step.actions.double().numpy())
+            current, final, step_rewards = out.next_obs, out.final_obs, out.rewards
             rewards[t] = torch.from_numpy(step_rewards)
-            flags["episode_end"][t] = torch.from_numpy(episode_end)
-            flags["terminated"][t] = torch.from_numpy(terminated)
-            flags["trial_end"][t] = torch.from_numpy(trial_end)
-            flags["success"][t] = torch.from_numpy(success)
+            for key in ("episode_end", "terminated", "trial_end", "success"):
+                flags[key][t] = torch.from_numpy(getattr(out, key))
 
             # Time limits are truncations: keep V(final observation) to bootstrap from. The final
             # observation continues the episode that just ended, so nothing starts there.

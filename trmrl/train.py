@@ -39,7 +39,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
     logger = MetricLogger(run, completed_epochs=start if resume else None)
     e = config.eval
     tester = MetaTester(distribution, during_training(e.n_tasks, e.episodes, e.deterministic),
-                        config.task.max_episode_steps, e.seed)
+                        config.task.max_episode_steps, e.seed, config.task.vector_env)
     end = config.n_epochs if max_epochs is None else min(config.n_epochs, start + max_epochs)
     steps = config.steps_per_epoch
     bar = tqdm(total=config.n_epochs * steps, initial=start * steps, unit="step", unit_scale=True,
@@ -72,6 +72,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
     finally:
         bar.close()
         logger.close()
+        tester.close()
     if end < config.n_epochs:
         return {}
     return final_meta_test(config, algorithm.meta_learner(), distribution, run.eval)

@@ -148,7 +148,8 @@ class TrMRL(InMemoryPPO):
     def __init__(self, config: TrainConfig, distribution: TaskDistribution) -> None:
         self.config = config
         t = config.task
-        self.sampler = TrialSampler(distribution, t.tasks_per_epoch, t.episodes_per_trial, t.max_episode_steps)
+        self.sampler = TrialSampler(distribution, t.tasks_per_epoch, t.episodes_per_trial, t.max_episode_steps,
+                                    t.vector_env)
         self.model = ActorCritic(self.sampler.obs_dim, self.sampler.act_dim, config.model,
                                  torch_generator(config.seed, Stream.INIT))
         self.optimizers = TwoPhaseOptimizers.create(self.model, config.ppo)
