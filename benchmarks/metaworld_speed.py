@@ -9,12 +9,12 @@ Compare ratios within the table (the machine may be shared). Needs the `metaworl
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import gymnasium as gym
 import numpy as np
 import torch
+from speed import table  # benchmarks/speed.py: the same markdown tables
 
 from trmrl.algos import make_algorithm
 from trmrl.algos.trmrl import TrMRLPolicy
@@ -25,15 +25,6 @@ from trmrl.tasks import make_task_distribution
 from trmrl.tasks.metaworld import MetaWorldBenchmark
 
 STEPS = 400  # per env; below metaworld's 500-step limit, so no env needs a reset
-
-
-def table(title: str, header: list[str], rows: list[list[object]]) -> None:
-    print(f"\n### {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(f"{v:,.3g}" if isinstance(v, float) else str(v) for v in row) + " |")
-    sys.stdout.flush()
 
 
 def raw_env(dist: MetaWorldBenchmark, index: int) -> gym.Env:
@@ -68,11 +59,11 @@ def vector(dist: MetaWorldBenchmark, n: int, kind: str) -> float:
     return rate
 
 
-def sampler_rate(name: str, n: int) -> tuple[float, float]:
+def sampler_rate(name: str, n: int, vector_env: str = "sync") -> tuple[float, float]:
     """trmrl's trial sampler with the ML1 preset's TrMRL policy: (steps/s, policy share)."""
     config = get_preset("ml1-reach").replace(task={"name": name})
     dist = make_task_distribution(name, **config.task_options())
-    sampler = TrialSampler(dist, n, 1, STEPS)
+    sampler = TrialSampler(dist, n, 1, STEPS, vector_env)  # type: ignore[arg-type]
     algorithm = make_algorithm(config, dist)
     policy: TrMRLPolicy = algorithm.policy  # type: ignore[attr-defined]
     tasks = dist.sample(numpy_rng(0, Stream.TRAIN_TASKS, 0), n, "train")
@@ -90,6 +81,7 @@ def sampler_rate(name: str, n: int) -> tuple[float, float]:
         for _ in range(50):
             _, state = policy.act(inputs, state, starts, streams[1])
     policy_per_step = (time.perf_counter() - start) / 50
+    sampler.close()
     return STEPS * n / total, policy_per_step * STEPS / total
 
 
@@ -114,10 +106,13 @@ def main() -> None:
         floor = bare(dist)
         sync, async_ = vector(dist, args.envs, "sync"), vector(dist, args.envs, "async")
         ours, policy_share = sampler_rate(f"ml1/{task}", args.envs)
-        rows.append([task, floor, sync, async_, async_ / sync, ours, ours / floor, f"{policy_share:.0%}"])
+        ours_async, _ = sampler_rate(f"ml1/{task}", args.envs, "async")
+        rows.append([task, floor, sync, async_, async_ / sync, ours, ours_async, ours_async / ours, ours / floor,
+                     f"{policy_share:.0%}"])
     table("Simulation and sampling, random actions (trmrl: the ml1 preset's TrMRL policy)",
           ["task", "bare env steps/s", "SyncVectorEnv steps/s", "AsyncVectorEnv steps/s", "async / sync",
-           "trmrl sampler steps/s", "trmrl / bare", "policy share of sampling"], rows)
+           "trmrl sampler steps/s", "trmrl sampler, --task.vector-env async", "async / sync",
+           "trmrl sync / bare", "policy share of trmrl sync sampling"], rows)
     if args.epoch:
         rows = []
         for task in args.tasks:
