@@ -95,6 +95,8 @@ def resolve_protocol(name: str, task: str, **changes: Any) -> EvalProtocol:
         if task not in pairs:
             raise ConfigError(f"protocol 'ood' is defined for {', '.join(pairs)} only, not '{task}'")
         protocol = dataclasses.replace(protocol, distribution=pairs[task])
+    if protocol.every_test_task and changes.get("n_tasks") is not None:
+        raise ConfigError(f"protocol '{name}' runs every held-out task once; a task count does not apply")
     protocol = dataclasses.replace(protocol, **{k: v for k, v in changes.items() if v is not None})
     if not 0 <= protocol.adaptation_episodes < protocol.episodes:
         raise ConfigError(f"protocol '{name}' needs more episodes ({protocol.episodes}) than adaptation episodes "

@@ -43,7 +43,9 @@ class TaskEnv(Protocol):
 
 
 class TaskDistribution(Protocol):
-    """A distribution over tasks that share one env (observation and action spaces)."""
+    """A distribution over tasks that share one env (observation and action spaces). A benchmark
+    with a fixed list of tasks (MetaWorld) also offers `tasks(split) -> list[Task]`, which the
+    protocols over every held-out task use."""
 
     name: str
     held_out: bool
