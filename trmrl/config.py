@@ -43,8 +43,9 @@ class TaskConfig:
     """B: tasks sampled per epoch, one trial each, stepped as one batch."""
     vector_env: Literal["sync", "async"] = "sync"
     """How the B trial envs are stepped: one after the other in this process ('sync'), or each in
-    its own subprocess in parallel ('async', gymnasium's AsyncVectorEnv; the same data). Measured
-    in `benchmarks/metaworld_speed.py`: async pays only for slow simulators on free cores."""
+    its own subprocess in parallel ('async', gymnasium's AsyncVectorEnv; the same data). On 2
+    cores async was slower even for MetaWorld (0.57-0.86x, `benchmarks/metaworld_speed.py`); it
+    is meant for machines with a core per few envs."""
     reward_function_version: Literal["v1", "v2"] = "v2"
     """MetaWorld tasks only: the reward family (metaworld's default 'v2', the paper's setting)."""
 
