@@ -250,8 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("task distributions (--task.name NAME):")
             for name, entry in registered().items():
                 print(f"  {name:<18} {entry.summary}")
-            for prefix, entry in families().items():
-                print(f"  {prefix + '<name>':<18} {entry.summary}")
+            for entry in families().values():
+                print(f"  {entry.name:<18} {entry.summary}")
         elif args[0] == "algos":
             from trmrl.algos import ALGORITHMS
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import gymnasium as gym
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -144,7 +143,8 @@ class InProcessEnvs:
 
 class SubprocessEnvs:
     """The trial envs in one subprocess each (gymnasium's AsyncVectorEnv, no autoreset), stepped
-    in parallel: pays for slow simulators (MetaWorld) when cores are free. The same data as
+    in parallel: for machines with a core per few envs (on 2 cores it was slower even for
+    MetaWorld, `benchmarks/metaworld_speed.py`). The same data as
     `InProcessEnvs` (each env is seeded alike); fewer tasks than envs pad the batch with copies of
     the last task, whose results are dropped."""
 
@@ -173,11 +173,9 @@ class SubprocessEnvs:
         nxt, rewards, terminated, truncated, info = self.vec.step(self._pad(actions))
         trial_end = terminated | truncated
 
-        def reported(key: str) -> np.ndarray:
-            present = info.get(f"_{key}", np.zeros(len(nxt), dtype=bool))
-            return present if key != "success" else present & info.get(key, present).astype(bool)
-
-        inner = reported("final_observation")
+        none = np.zeros(len(nxt), dtype=bool)
+        inner = info.get("_final_observation", none)  # gymnasium marks the envs that reported a key
+        success = info.get("_success", none) & info.get("success", none).astype(bool)
         final = np.where(inner[:, None], info["final_observation"], nxt) if inner.any() else nxt.copy()
         if trial_end.any():  # the next trial on the same task (TrialEnv keeps its task)
             restarted, _ = self.vec.reset(options={"reset_mask": trial_end})
@@ -185,7 +183,7 @@ class SubprocessEnvs:
         n = self._n
         return EnvStep(nxt[:n].astype(np.float32), final[:n].astype(np.float32), rewards[:n].astype(float),
                        info["episode_end"][:n].astype(bool), info["episode_terminated"][:n].astype(bool),
-                       trial_end[:n], reported("success")[:n])
+                       trial_end[:n], success[:n])
 
     def close(self) -> None:
         self.vec.close()

@@ -62,9 +62,9 @@ def register(name: str, make: Callable[..., TaskDistribution], summary: str = ""
 
 def register_family(prefix: str, make: Callable[..., TaskDistribution], summary: str = "", *,
                     options: tuple[str, ...] = ()) -> None:
-    """Make every `prefix + member` a task distribution, built by `make(member, **options)`
-    (e.g. 'ml1/' + any MetaWorld class); `make` rejects a member it does not know."""
-    _FAMILIES[prefix] = Registration(prefix + "<member>", make, summary, None, _checked(options))
+    """Make every `prefix + name` a task distribution, built by `make(name, **options)` (e.g.
+    'ml1/' + any MetaWorld class); `make` rejects a name it does not know."""
+    _FAMILIES[prefix] = Registration(prefix + "<name>", make, summary, None, _checked(options))
 
 
 def registered() -> dict[str, Registration]:
@@ -84,7 +84,7 @@ def registration(name: str) -> Registration:
     for prefix, family in _FAMILIES.items():
         if name.startswith(prefix) and len(name) > len(prefix):
             return dataclasses.replace(family, name=name, make=functools.partial(family.make, name[len(prefix):]))
-    known = [*_REGISTRY, *(f"{prefix}<name>" for prefix in _FAMILIES)]
+    known = [*_REGISTRY, *(family.name for family in _FAMILIES.values())]
     raise ConfigError(f"unknown task '{name}'; choose from {', '.join(known)}")
 
 

@@ -33,8 +33,6 @@ from trmrl.tasks.base import Split, Task
 RewardVersion = Literal["v1", "v2"]
 MUJOCO = "3.3.0"
 """The MuJoCo release metaworld 3.1 pins; another one changes (or breaks) its tasks."""
-EPISODE_STEPS = 500
-"""The benchmark's episode length (metaworld's `max_path_length`)."""
 ENVS_PER_CLASS_CACHE = 4
 """Simulators one env keeps alive for the classes it played last (ML45 has 50 classes: one
 simulator per class per env would hold thousands)."""
@@ -167,14 +165,9 @@ class MetaWorldBenchmark:
     def _built(self) -> tuple[OrderedDict[str, type], OrderedDict[str, type], list[Any], list[Any]]:
         return _benchmark(self.kind, self.seed)
 
-    def classes(self, split: Split) -> list[str]:
-        train, test, _, _ = self._built()
-        return list(train if split == "train" else test)
-
     def tasks(self, split: Split) -> list[Task]:
         """Every task of `split`, class by class, goals in the benchmark's order."""
-        _, _, train, test = self._built()
-        return [_task(t) for t in (train if split == "train" else test)]
+        return list(_tasks(self.kind, self.seed, split))
 
     def sample(self, rng: np.random.Generator, n: int, split: Split) -> Sequence[Task]:
         by_class: dict[str, list[Task]] = {}
@@ -195,9 +188,12 @@ class MetaWorldBenchmark:
         return MetaWorldTaskEnv({**train, **test}, self.reward_function_version)
 
 
-def _task(task: Any) -> Task:
-    rand_vec = pickle.loads(task.data)["rand_vec"]
-    return Task(task.env_name, tuple(float(x) for x in rand_vec), task)
+@lru_cache(maxsize=16)
+def _tasks(kind: str, seed: int, split: Split) -> tuple[Task, ...]:
+    """The benchmark's tasks of `split` as `Task`s (the goal's random vector unpickled once)."""
+    _, _, train, test = _benchmark(kind, seed)
+    return tuple(Task(t.env_name, tuple(float(x) for x in pickle.loads(t.data)["rand_vec"]), t)
+                 for t in (train if split == "train" else test))
 
 
 def ml1(name: str, seed: int = 0, reward_function_version: RewardVersion = "v2") -> MetaWorldBenchmark:
