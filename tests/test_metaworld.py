@@ -86,11 +86,15 @@ class OneEnvReaches:
         return torch.zeros(len(inputs))
 
 
-def test_success_counted_per_env_at_any_step(reach):
+@pytest.mark.parametrize("vector_env", ["sync", "async"])
+def test_success_counted_per_env_at_any_step(reach, vector_env):
     protocol = EvalProtocol("adaptation", n_tasks=10, episodes=2)
-    tester = MetaTester(reach, protocol, max_episode_steps=100, seed=0)
+    tester = MetaTester(reach, protocol, max_episode_steps=100, seed=0, vector_env=vector_env)
     first = tester.tasks()[0]
-    result = tester.run(OneEnvReaches(first.params[3:]))
+    try:
+        result = tester.run(OneEnvReaches(first.params[3:]))
+    finally:
+        tester.close()
     # hand count: env 0 succeeds in both episodes, the nine others never
     expected = np.zeros((10, 2))
     expected[0] = 1.0
@@ -106,6 +110,23 @@ def test_success_counted_per_env_at_any_step(reach):
         obs, _, _, _, info = env.step(action.numpy())
         flags.append(info["success"])
     assert any(flags) and not flags[-1]
+
+
+def test_switching_classes_keeps_one_simulator_and_replays_exactly():
+    from trmrl.tasks.metaworld import ENVS_PER_CLASS_CACHE
+
+    dist = custom(["reach-v3", "push-v3"], ["door-open-v3"], seed=2)
+    reach_task, push_task = (next(t for t in dist.tasks("train") if t.name == n) for n in ("reach-v3", "push-v3"))
+    env, fresh = dist.make_env(), dist.make_env()
+    firsts = []
+    for task in (reach_task, push_task, reach_task):
+        env.set_task(task)
+        firsts.append(env.reset(seed=0)[0])
+        assert len(env._envs) == ENVS_PER_CLASS_CACHE == 1
+    fresh.set_task(reach_task)
+    assert np.array_equal(firsts[0], firsts[2]) and np.array_equal(firsts[2], fresh.reset(seed=0)[0])
+    assert not np.array_equal(firsts[0], firsts[1])
+    env.close(), fresh.close()
 
 
 def test_trials_of_ten_500_step_episodes(reach):

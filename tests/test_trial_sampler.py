@@ -1,12 +1,14 @@
 """RL^2 inputs of a trial, the rollout's flags, and per-episode bookkeeping."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 from trmrl.evaluate import RandomPolicy
 from trmrl.protocols import Starts, Step
-from trmrl.sampler import TrialSampler, episode_returns
+from trmrl.sampler import TrialSampler, episode_returns, rollout_metrics
 from trmrl.tasks import Task, make_task_distribution
 from trmrl.tasks.toy import PointNavEnv
 from trmrl.trial import TrialEnv, forget_previous_episode
@@ -69,6 +71,12 @@ def test_rollout_flags_and_episode_returns_with_a_scripted_policy():
     returns = episode_returns(rollout, 3)
     assert np.allclose(returns, [[up] * 3, [right] * 3])
     assert np.isnan(episode_returns(rollout, 4)[:, 3]).all()
+
+    assert rollout.success is None and "charts/success" not in rollout_metrics(rollout)  # point-nav has none
+    success = torch.zeros(12, 2, dtype=torch.bool)
+    success[[1, 2, 9], 0] = True  # env 0: twice in its first episode, once in its third
+    hand = rollout_metrics(dataclasses.replace(rollout, success=success))
+    assert hand["charts/success"] == pytest.approx(2 / 6)  # episodes, not steps
 
 
 def test_random_policy_stays_in_the_action_box():
@@ -135,5 +143,6 @@ def test_subprocess_envs_give_the_data_of_in_process_envs(name):
         remote.close()
     assert rollouts[0].trial_end.any()  # trials ended and restarted within the 30 steps
     for field in ("obs", "actions", "rewards", "bootstrap_values", "episode_start", "trial_start", "episode_end",
-                  "terminated", "trial_end", "success", "cut_values"):
+                  "terminated", "trial_end", "cut_values"):
         assert torch.equal(getattr(rollouts[0], field), getattr(rollouts[1], field)), field
+    assert rollouts[0].success is None and rollouts[1].success is None  # (MetaWorld's: test_metaworld)

@@ -52,12 +52,20 @@ class Rollout:
 
 
 def rollout_metrics(rollout: Rollout) -> dict[str, float]:
-    """Mean return of the episodes and trials that ended in this rollout."""
+    """Mean return of the episodes and trials that ended in this rollout and, where the tasks
+    report success, the fraction of its episodes that succeeded at any step."""
     episodes = int(rollout.episode_end.sum())
     trials = int(rollout.trial_end.sum())
     total = float(rollout.rewards.sum())
-    return {"charts/episode_return": total / max(episodes, 1), "charts/trial_return": total / max(trials, 1),
-            "charts/episodes": float(episodes)}
+    metrics = {"charts/episode_return": total / max(episodes, 1), "charts/trial_return": total / max(trials, 1),
+               "charts/episodes": float(episodes)}
+    if rollout.success is not None:
+        # one id per (env, episode); an episode counts once however many of its steps succeed
+        episode = rollout.episode_start.long().cumsum(0)
+        ids = episode * rollout.rewards.shape[1] + torch.arange(rollout.rewards.shape[1])
+        succeeded = len(torch.unique(ids[rollout.success.bool() & (episode > 0)]))
+        metrics["charts/success"] = succeeded / max(int(rollout.episode_start.sum()), 1)
+    return metrics
 
 
 def epoch_metrics(rollout: Rollout, samples: int, sampling: float, update: float) -> dict[str, float]:
@@ -202,6 +210,7 @@ class TrialSampler:
         self.steps_per_trial = episodes_per_trial * max_episode_steps
         self.obs_dim = self.envs.observation_space.shape[0]
         self.act_dim = self.envs.action_space.shape[0]
+        self.reports_success = distribution.reports_success
 
     def close(self) -> None:
         self.envs.close()
@@ -264,8 +273,9 @@ class TrialSampler:
         if running.any():
             with torch.no_grad():
                 cut_values = torch.where(running, policy.value(torch.from_numpy(current), state, starts), 0.0)
+        success = flags.pop("success")
         return Rollout(obs, actions, log_probs, values, rewards, bootstrap_values=bootstrap, cut_values=cut_values,
-                       **flags)
+                       success=success if self.reports_success else None, **flags)
 
 
 def _first_trial_episodes(rollout: Rollout, n_episodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -33,9 +33,11 @@ from trmrl.tasks.base import Split, Task
 RewardVersion = Literal["v1", "v2"]
 MUJOCO = "3.3.0"
 """The MuJoCo release metaworld 3.1 pins; another one changes (or breaks) its tasks."""
-ENVS_PER_CLASS_CACHE = 4
-"""Simulators one env keeps alive for the classes it played last (ML45 has 50 classes: one
-simulator per class per env would hold thousands)."""
+ENVS_PER_CLASS_CACHE = 1
+"""Simulators one env keeps alive for the classes it played last. One simulator holds about
+27 MB and builds in about 0.13 s (ML10 classes, measured), so rebuilding on a class change costs
+little beside a 500-step episode, while four per env took an ML10 run's final protocol (50
+envs) past 8 GB."""
 
 
 def require_metaworld() -> Any:
@@ -95,8 +97,8 @@ def _benchmark(kind: str, seed: int) -> tuple[OrderedDict[str, type], OrderedDic
 
 
 class MetaWorldTaskEnv(gym.Env[np.ndarray, np.ndarray]):
-    """Plays any task of a benchmark: `set_task` switches to the task's class (a simulator per
-    class, the last few kept alive) and goal. Observation (39,): hand, gripper, two objects, the
+    """Plays any task of a benchmark: `set_task` switches to the task's class (building its
+    simulator, unless it is one of the last `ENVS_PER_CLASS_CACHE` played) and goal. Observation (39,): hand, gripper, two objects, the
     previous frame and a zeroed goal; action (4,) in [-1, 1]. No time limit here (the trial env
     applies the episode length); reward of `reward_function_version`; never terminates."""
 
