@@ -6,6 +6,7 @@ same call can later run on remote workers without touching the algorithm.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,16 @@ class Rollout:
     @property
     def num_steps(self) -> int:
         return self.rewards.numel()
+
+    @classmethod
+    def concat(cls, rollouts: Sequence[Rollout]) -> Rollout:
+        """Rollouts of equal length side by side: B is the sum of theirs."""
+        def cat(name: str) -> Tensor | None:
+            parts = [getattr(r, name) for r in rollouts]
+            if any(p is None for p in parts):
+                return None
+            return torch.cat(parts, dim=1 if parts[0].dim() > 1 else 0)
+        return cls(**{f.name: cat(f.name) for f in dataclasses.fields(cls)})
 
 
 def rollout_metrics(rollout: Rollout) -> dict[str, float]:

@@ -25,6 +25,8 @@ ALGORITHMS: dict[str, tuple[str, str]] = {
               "trmrl.algos.trmrl:TrMRL"),
     "rl2": ("RL^2: GRU/LSTM policy whose memory spans the trial + PPO with truncated BPTT (Duan et al. 2016)",
             "trmrl.algos.rl2:RL2"),
+    "maml": ("MAML-TRPO: MLP policy adapted by policy-gradient steps, meta-trained with TRPO (Finn et al. 2017)",
+             "trmrl.algos.maml:MAML"),
 }
 
 

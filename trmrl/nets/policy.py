@@ -34,6 +34,18 @@ def mlp(sizes: Sequence[int], output_gain: float, generator: torch.Generator) ->
     return nn.Sequential(*layers)
 
 
+def gaussian_log_prob(mean: Tensor, log_std: Tensor, action: Tensor) -> Tensor:
+    """log N(action; mean, diag(exp(log_std)^2)), summed over the last (action) dimension."""
+    z = (action - mean) / log_std.exp()
+    return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def gaussian_kl(mean_p: Tensor, log_std_p: Tensor, mean_q: Tensor, log_std_q: Tensor) -> Tensor:
+    """KL(p || q) of diagonal Gaussians, summed over the last (action) dimension."""
+    var_p, var_q = (2 * log_std_p).exp(), (2 * log_std_q).exp()
+    return (log_std_q - log_std_p + (var_p + (mean_p - mean_q).pow(2)) / (2 * var_q) - 0.5).sum(-1)
+
+
 @dataclass
 class PolicyOutput:
     """Per window: action mean (N, A), value (N,); log_std (A,) is shared by all windows."""
@@ -44,9 +56,7 @@ class PolicyOutput:
 
     def log_prob(self, action: Tensor) -> Tensor:
         """log pi(a | window), summed over action dimensions: (N, A) -> (N,)."""
-        std = self.log_std.exp()
-        z = (action - self.mean) / std
-        return (-0.5 * z.pow(2) - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+        return gaussian_log_prob(self.mean, self.log_std, action)
 
     def entropy(self) -> Tensor:
         """Entropy of the Gaussian (the same for every window): scalar."""
