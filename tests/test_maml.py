@@ -211,6 +211,13 @@ def test_maml_learns_to_adapt_on_point_nav(tmp_path):
     assert all(r["charts/step_accepted"] in (0.0, 1.0) and r["losses/kl"] <= 0.01 for r in late)
     assert len(summary["return_per_episode"]) == 2
 
+    # trmrl eval: adapt after 3 exploration episodes instead of 1 (MAML runs only)
+    from trmrl.cli import main
+
+    assert main(["eval", str(tmp_path / "run"), "--n-tasks", "4", "--episodes", "4", "--exploration-episodes", "3"]) == 0
+    saved = json.loads((tmp_path / "run" / "eval" / "adaptation.json").read_text())
+    assert np.array(saved["returns"]).shape == (4, 4)
+
 
 def test_maml_config_is_validated():
     from trmrl.errors import ConfigError

@@ -12,10 +12,13 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from trmrl.config import TrainConfig
 from trmrl.errors import ConfigError, TrmrlError
 from trmrl.rundir import RunDir
+
+_D = TypeVar("_D")
 
 USAGE = """usage:
   trmrl train [PRESET] [--FIELD VALUE ...]   meta-train, then meta-test (default preset: {default})
@@ -138,10 +141,11 @@ def train_command(args: list[str]) -> None:
     _print_summary(train(config, run_dir), run_dir, preset)
 
 
-def _replace(config: TrainConfig, **changes: object) -> TrainConfig:
+def _replace(obj: _D, **changes: object) -> _D:
+    """A copy of a dataclass (a config, a meta-learner) with `changes`."""
     import dataclasses
 
-    return dataclasses.replace(config, **changes)
+    return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -169,6 +173,9 @@ def eval_command(args: list[str]) -> None:
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the held-out tasks (default: the run's eval.seed, shared by all its seeds)")
     parser.add_argument("--attention", action="store_true", help="also save and plot attention over one trial")
+    parser.add_argument("--exploration-episodes", type=int, default=None,
+                        help="MAML: episodes before each adaptation step (default: the run's "
+                             "maml.eval_exploration_episodes)")
     ns = parser.parse_args(args)
     for name in ("n_tasks", "episodes"):
         if getattr(ns, name) is not None and getattr(ns, name) < 1:
@@ -176,12 +183,18 @@ def eval_command(args: list[str]) -> None:
     config, algorithm, run = load_trained(ns.path)
     if ns.attention and not isinstance(algorithm, TrMRL):
         raise ConfigError(f"--attention shows TrMRL's attention; this run's algorithm is '{config.algo}'")
+    learner = algorithm.meta_learner()
+    if ns.exploration_episodes is not None:
+        if config.algo != "maml" or ns.exploration_episodes < 1:
+            raise ConfigError("--exploration-episodes takes a count >= 1 and applies to MAML runs "
+                              f"(this run's algorithm is '{config.algo}')")
+        learner = _replace(learner, config=_replace(config.maml, eval_exploration_episodes=ns.exploration_episodes))
     protocol = resolve_protocol(ns.protocol, config.task.name, n_tasks=ns.n_tasks, episodes=ns.episodes,
                                 deterministic=not ns.sampled)
     seed = config.eval.seed if ns.seed is None else ns.seed
     distribution = make_task_distribution(config.task.name, **config.task_options())
     tester = MetaTester(distribution, protocol, config.task.max_episode_steps, seed, config.task.vector_env)
-    result, random = tester.run_beside_random(algorithm.meta_learner(), run.eval)
+    result, random = tester.run_beside_random(learner, run.eval)
     json_path, csv_path = run.eval_result(protocol.name), run.eval_result(protocol.name).with_suffix(".csv")
     protocol = tester.protocol  # with its task count when it runs every held-out task
     print(f"{protocol.name}: {protocol.n_tasks} held-out tasks of {tester.distribution.name} (seed {seed}), "
