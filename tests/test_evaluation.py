@@ -195,7 +195,8 @@ def test_paper_references_are_drawn_only_for_runs_of_one_preset(tmp_path):
     from trmrl.plot import Run, shared_preset
 
     def run(preset):
-        return Run("trmrl: x", tmp_path, preset, (np.array([0]), np.array([0.0])), (np.array([]), np.array([])), None, None)
+        return Run("trmrl: x", tmp_path, preset, "trmrl", (np.array([0]), np.array([0.0])), (np.array([]), np.array([])),
+                   None, None)
 
     assert shared_preset([run("cheetah-vel"), run("cheetah-vel")]) == "cheetah-vel"
     assert shared_preset([run("cheetah-vel"), run("ant-dir")]) is None  # no reference fits both
@@ -206,6 +207,10 @@ def test_paper_references_are_drawn_only_for_runs_of_one_preset(tmp_path):
     assert adaptation_reference("cheetah-vel", "ood").y == (-100, -125, -114, -99, -134, -106)
     assert adaptation_reference("ant-dir", "adaptation").at(5) == 1160
     assert adaptation_reference("point-nav", "adaptation") is None and learning_references(None) == ()
+    # each algorithm is put beside its own curve in the paper, never beside TrMRL's
+    assert adaptation_reference("cheetah-vel", "adaptation", "maml").y == (-167, -155)
+    assert adaptation_reference("cheetah-vel", "ood", "rl2") is None
+    assert learning_references("ml1-reach", "success", "maml")[0].at(2.5e7) == 0.98
 
 
 def test_a_run_with_an_ood_pair_ends_with_both_protocols(tmp_path):

@@ -74,7 +74,7 @@ def _one_line(report: str) -> str:
     return " ".join(lines[1:] if len(lines) > 1 else lines) or "invalid arguments"
 
 
-def _print_summary(summary: dict, run_dir: Path, preset: str) -> None:
+def _print_summary(summary: dict, run_dir: Path, preset: str, algo: str) -> None:
     """The end-of-training meta-tests: return (and success) per episode index beside a random
     policy on the same tasks and, where the paper reports one, the paper's figure; for a protocol
     with adaptation episodes, the success over its evaluation episodes per held-out class."""
@@ -83,7 +83,7 @@ def _print_summary(summary: dict, run_dir: Path, preset: str) -> None:
     for name, part in (("adaptation", summary), ("ood", summary.get("ood")), ("metaworld", summary.get("metaworld"))):
         if not part:
             continue
-        paper = adaptation_reference(preset, name)
+        paper = adaptation_reference(preset, name, algo)
         success = "success_per_episode" in part
         print(f"\nmeta-test ({name}): {part['n_tasks']} held-out tasks of {part.get('distribution', 'the run')}, "
               f"trials of {part['episodes']} episodes ({'mean' if part['deterministic'] else 'sampled'} actions)")
@@ -126,7 +126,7 @@ def train_command(args: list[str]) -> None:
         changes = {k: v for k, v in (("total_env_steps", ns.total_env_steps), ("progress", ns.progress)) if v is not None}
         config = _replace(config, **changes)
         summary = train(config, ns.resume, resume=True)
-        _print_summary(summary, ns.resume, config.preset)
+        _print_summary(summary, ns.resume, config.preset, config.algo)
         return
     from trmrl.presets import DEFAULT_PRESET
 
@@ -138,7 +138,7 @@ def train_command(args: list[str]) -> None:
         raise ConfigError(f"{run_dir} already holds a run; continue it with: trmrl train --resume {run_dir}")
     config = _replace(config, run_dir=run_dir, preset=preset)
     print(f"run directory: {run_dir}")
-    _print_summary(train(config, run_dir), run_dir, preset)
+    _print_summary(train(config, run_dir), run_dir, preset, config.algo)
 
 
 def _replace(obj: _D, **changes: object) -> _D:
@@ -199,7 +199,7 @@ def eval_command(args: list[str]) -> None:
     protocol = tester.protocol  # with its task count when it runs every held-out task
     print(f"{protocol.name}: {protocol.n_tasks} held-out tasks of {tester.distribution.name} (seed {seed}), "
           f"trials of {protocol.episodes} episodes, {'mean' if protocol.deterministic else 'sampled'} actions")
-    paper = adaptation_reference(config.preset, protocol.name)
+    paper = adaptation_reference(config.preset, protocol.name, config.algo)
     print("episode     mean   95% CI                  IQM   95% CI                random mean"
           + ("  success" if result.successes is not None else "") + ("    paper" if paper else ""))
     for row, floor in zip(result.per_episode(), np.nanmean(random.returns, axis=0)):

@@ -8,6 +8,7 @@ and `runs/point-nav-s2-...` form one curve and `runs/ant-dir-s1-...` another.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections import defaultdict
@@ -36,6 +37,7 @@ class Run:
     label: str
     path: Path
     preset: str | None
+    algo: str
     curve: tuple[np.ndarray, np.ndarray]  # env steps (P,), meta-test return (P,)
     success: tuple[np.ndarray, np.ndarray]  # env steps (P,), meta-test success rate (P,); empty if none
     adaptation: dict | None  # eval/<protocol>.json
@@ -56,7 +58,8 @@ def load_run(path: Path, protocol: str) -> Run:
                 values.append(float(np.mean(episodes)))
     read = lambda file: json.loads(file.read_text()) if file.is_file() else None  # noqa: E731
     config = json.loads(run.config.read_text()) if run.config.is_file() else {}
-    return Run(f"{config.get('algo', 'trmrl')}: {group_label(path)}", path, config.get("preset"),
+    algo = config.get("algo", "trmrl")
+    return Run(f"{algo}: {group_label(path)}", path, config.get("preset"), algo,
                *((np.array(steps), np.array(values)) for steps, values in curves.values()),
                read(run.eval_result(protocol)), read(run.eval_result(f"{protocol}-random")))
 
@@ -93,7 +96,7 @@ def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Ag
     if floor is not None:
         for ax in axes:
             ax.plot(np.arange(len(floor)), floor, color="grey", linestyle="--", label="random policy")
-    for reference, style in zip(references, ("-", ":", "-.")):
+    for reference, style in zip(references, itertools.cycle(("-", ":", "-.", "--"))):
         for ax in axes:
             ax.plot(reference.x, reference.y, color="black", linestyle=style, marker="s", markersize=4,
                     label=f"paper: {reference.label}")
@@ -180,23 +183,25 @@ def plot_runs(run_dirs: list[Path], out: Path, protocol: str = "adaptation", pap
     preset beside them (when all runs share a preset the paper reports)."""
     runs = [load_run(path, protocol) for path in run_dirs]
     preset = shared_preset(runs) if paper else None
+    algos = sorted({run.algo for run in runs})  # the paper's points of every algorithm plotted
     paths: list[Path] = []
     learning = learning_curves(runs)
     if learning:
         paths += _figure("Meta-training: meta-test return (mean over the episodes of a trial)",
                          "environment steps", learning, out, "learning_curves",
-                         references=learning_references(preset))
+                         references=[r for a in algos for r in learning_references(preset, "return", a)])
     success = learning_curves(runs, "success")
     if success:
         paths += _figure("Meta-training: meta-test success rate on held-out tasks (mean over the episodes of a trial)",
                          "environment steps", success, out, "success_curves",
-                         references=learning_references(preset, "success"), ylabel="meta-test success rate")
+                         references=[r for a in algos for r in learning_references(preset, "success", a)],
+                         ylabel="meta-test success rate")
     adaptation = adaptation_curves(runs)
     if adaptation:
-        reference = adaptation_reference(preset, protocol)
+        references = [r for a in algos if (r := adaptation_reference(preset, protocol, a))]
         paths += _figure(f"Fast adaptation ({protocol}): return per episode of a trial on held-out tasks",
                          "episode index within the trial", adaptation, out, "adaptation_curves", random_floor(runs),
-                         references=(reference,) if reference else ())
+                         references=references)
     if not paths:
         raise ConfigError("nothing to plot: no meta-test in metrics.jsonl and no eval/"
                           f"{protocol}.json in the given runs")
