@@ -152,11 +152,12 @@ ALGO_PRESETS: dict[tuple[str, str], tuple[str, TrainConfig]] = {
 # episodes, tanh MLP (64, 64), inner lr 0.1, one inner step, KL 0.01, gamma 0.99, GAE lambda 1,
 # advantages standardised, linear feature baseline); point-nav: MAML's 2-D navigation setting
 # (20 tasks x 20 episodes, inner lr 0.1) with the same policy; MetaWorld: garage's MAML-TRPO
-# MetaWorld example (20 tasks x 10 episodes, MLP (100, 100), inner lr 1e-4; ML45 takes 45 tasks,
-# one per class). The conjugate gradient (10 iterations, damping 1e-5) and the line search (15
+# MetaWorld examples (examples/torch/maml_trpo_metaworld_ml10.py and _ml1_push.py: 20 tasks x 10
+# episodes, MLP (100, 100), inner lr 0.1, gamma 0.99, GAE lambda 1; ML45 takes 45 tasks, one per
+# class). The conjugate gradient (10 iterations, damping 1e-5) and the line search (15
 # steps of 0.8) are those of the pytorch MAML-TRPO port (tristandeleu/pytorch-maml-rl).
 _MAML_MUJOCO = MAMLConfig(hidden_sizes=(64, 64), rollouts_per_task=20, inner_lr=0.1, max_kl=0.01, gamma=0.99)
-_MAML_METAWORLD = MAMLConfig(hidden_sizes=(100, 100), rollouts_per_task=10, inner_lr=1e-4, max_kl=0.01, gamma=0.99)
+_MAML_METAWORLD = MAMLConfig(hidden_sizes=(100, 100), rollouts_per_task=10, inner_lr=0.1, max_kl=0.01, gamma=0.99)
 ALGO_PRESETS |= {
     ("point-nav", "maml"): (
         "MAML's 2-D navigation setting (20 tasks x 20 episodes, inner lr 0.1) on point-nav",
@@ -165,7 +166,7 @@ ALGO_PRESETS |= {
     **{(name, "maml"): ("ProMP's MAML-TRPO MuJoCo defaults (40 tasks x 20 episodes, inner lr 0.1)",
                         PRESETS[name][1].replace(algo="maml", task={"tasks_per_epoch": 40}, maml=_MAML_MUJOCO))
        for name in ("cheetah-vel", "cheetah-dir", "ant-dir")},
-    **{(name, "maml"): ("garage's MAML-TRPO MetaWorld example (10 episodes per task, inner lr 1e-4)",
+    **{(name, "maml"): ("garage's MAML-TRPO MetaWorld examples (10 episodes per task, inner lr 0.1)",
                         PRESETS[name][1].replace(algo="maml", maml=_MAML_METAWORLD,
                                              task={"tasks_per_epoch": 45 if name == "ml45" else 20}))
        for name in ("ml1-reach", "ml1-push", "ml1-pick-place", "ml10", "ml45")},
