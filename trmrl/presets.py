@@ -154,8 +154,9 @@ ALGO_PRESETS: dict[tuple[str, str], tuple[str, TrainConfig]] = {
 # (20 tasks x 20 episodes, inner lr 0.1) with the same policy; MetaWorld: garage's MAML-TRPO
 # MetaWorld examples (examples/torch/maml_trpo_metaworld_ml10.py and _ml1_push.py: 20 tasks x 10
 # episodes, MLP (100, 100), inner lr 0.1, gamma 0.99, GAE lambda 1; ML45 takes 45 tasks, one per
-# class). The conjugate gradient (10 iterations, damping 1e-5) and the line search (15
-# steps of 0.8) are those of the pytorch MAML-TRPO port (tristandeleu/pytorch-maml-rl).
+# class). Conjugate gradient (10 iterations) and line search (15 steps of 0.8): ProMP's optimiser;
+# its Fisher-vector products are finite differences, here exact (double backpropagation) with
+# damping 1e-5, as in the PyTorch MAML-RL ports.
 _MAML_MUJOCO = MAMLConfig(hidden_sizes=(64, 64), rollouts_per_task=20, inner_lr=0.1, max_kl=0.01, gamma=0.99)
 _MAML_METAWORLD = MAMLConfig(hidden_sizes=(100, 100), rollouts_per_task=10, inner_lr=0.1, max_kl=0.01, gamma=0.99)
 ALGO_PRESETS |= {
