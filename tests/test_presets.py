@@ -48,3 +48,20 @@ def test_every_preset_names_itself_and_its_task(name):
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="unknown preset"):
         get_preset("cheetah-speed")
+
+
+def test_maml_presets_carry_the_published_settings_on_the_presets_episodes():
+    from trmrl.presets import ALGO_PRESETS
+
+    cheetah = get_preset("cheetah-vel", "maml")
+    m = cheetah.maml
+    # ProMP's MAML-TRPO defaults: 40 tasks x 20 episodes, MLP (64, 64), inner lr 0.1, KL 0.01
+    assert (cheetah.task.tasks_per_epoch, m.rollouts_per_task, m.hidden_sizes) == (40, 20, (64, 64))
+    assert (m.inner_lr, m.inner_steps, m.max_kl, m.gamma, m.gae_lambda) == (0.1, 1, 0.01, 0.99, 1.0)
+    assert get_preset("ml45", "maml").task.tasks_per_epoch == 45
+    for (name, algo), (_, config) in ALGO_PRESETS.items():
+        base = get_preset(name)
+        # the same episodes, budget and evaluation as the algorithm the preset was written for
+        assert config.algo == algo and config.preset == name
+        assert (config.task.name, config.task.max_episode_steps, config.total_env_steps, config.eval) == \
+            (base.task.name, base.task.max_episode_steps, base.total_env_steps, base.eval)
