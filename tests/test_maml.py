@@ -229,3 +229,22 @@ def test_maml_config_is_validated():
     config = TrainConfig(algo="maml", task=TaskConfig(max_episode_steps=20, tasks_per_epoch=4),
                          maml=MAMLConfig(rollouts_per_task=3, inner_steps=2))
     assert config.steps_per_epoch == 4 * 3 * 3 * 20
+
+
+def test_resumed_maml_run_equals_an_uninterrupted_one(tmp_path):
+    from conftest import tiny_config
+
+    from trmrl import checkpoint
+    from trmrl.log import read_metrics
+    from trmrl.rundir import RunDir
+
+    config = tiny_config(algo="maml", maml=MAMLConfig(hidden_sizes=(8,), rollouts_per_task=2), total_env_steps=3 * 160)
+    full = train(config, tmp_path / "full")
+    assert train(config, tmp_path / "split", max_epochs=2) == {}
+    assert train(config, tmp_path / "split", resume=True) == full
+    timing = ("time/", "sps")
+    records = [[{k: v for k, v in r.items() if not any(t in k for t in timing)} for r in read_metrics(tmp_path / d)]
+               for d in ("full", "split")]
+    assert records[0] == records[1] and len([r for r in records[0] if "losses/kl" in r]) == 3
+    a, b = (checkpoint.load(RunDir(tmp_path / d).checkpoint)["model"] for d in ("full", "split"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
