@@ -31,6 +31,7 @@ def assert_one_error_line(result, *fragments):
         (["evaluate"], ["unknown command"]),
         (["train", "point-nav", "--algo", "nosuch"], ["unknown algorithm 'nosuch'", "trmrl"]),
         (["train", "point-nav", "--task.name", "nosuch"], ["unknown task 'nosuch'", "cheetah-vel"]),
+        (["train", "point-nav", "--task.goal-arc", "400"], ["task.goal_arc must be in (0, 360]"]),
     ],
 )
 def test_bad_input_gives_one_clear_line(args, fragments):

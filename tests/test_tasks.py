@@ -109,3 +109,33 @@ def test_point_nav_reward_is_minus_distance(name):
     assert np.allclose(info["position"], [0.1, -0.05])
     assert obs.shape == ((2,) if name == "point-nav-xy" else (0,))
     assert reward == pytest.approx(-np.linalg.norm(info["position"] - np.array(task.params)))
+
+
+def test_point_nav_goal_distribution_and_step_are_options():
+    from trmrl.config import TaskConfig, TrainConfig
+    from trmrl.errors import ConfigError
+
+    config = TrainConfig(task=TaskConfig(goal_radius=2.0, goal_arc=90.0, step_size=0.25))
+    d = make_task_distribution("point-nav", **config.task_options())
+    goals = np.array([t.params for t in d.sample(rng0(), 200, "train")])
+    assert np.allclose(np.hypot(goals[:, 0], goals[:, 1]), 2.0)
+    angles = np.degrees(np.arctan2(goals[:, 1], goals[:, 0]))
+    assert angles.min() >= 0 and angles.max() <= 90 and angles.max() > 80  # the whole quarter, no more
+    env = d.make_env()
+    env.set_task(d.sample(rng0(), 1, "train")[0])
+    env.reset(seed=0)
+    assert np.allclose(env.step(np.array([5.0, -0.5]))[4]["position"], [0.25, -0.125])  # clipped, then scaled
+    for bad, message in ((dict(goal_radius=0.0), "goal_radius"), (dict(goal_arc=400.0), "goal_arc"),
+                         (dict(step_size=-1.0), "step_size")):
+        with pytest.raises(ConfigError, match=message):
+            TaskConfig(**bad)
+
+
+def test_point_nav_oracle_is_greedy_by_hand():
+    from trmrl.tasks import Task
+
+    d = make_task_distribution("point-nav")
+    # goal (1, 0), steps of 0.1: distances 0.9, 0.8, ..., 0.0 in 10 steps, then it stays: -4.5
+    # goal (0, 0.25): 0.15, 0.05, then on it (a step is the projection of the goal on the reachable box)
+    returns = d.oracle_returns([Task("goal", (1.0, 0.0)), Task("goal", (0.0, 0.25))], episodes=2, max_episode_steps=20)
+    assert np.allclose(returns, [[-4.5, -4.5], [-0.2, -0.2]])

@@ -35,6 +35,13 @@ def test_run_directory_is_self_describing(tmp_path):
     assert len(summary["return_per_episode"]) == 3
     assert json.loads((tmp_path / "eval" / "adaptation.json").read_text())["n_tasks"] == 4
     assert (tmp_path / "eval" / "adaptation-random.csv").exists()
+    # point-nav has an oracle: the top of the scale beside the floor, and the gap closed between them
+    oracle = json.loads((tmp_path / "eval" / "adaptation-oracle.json").read_text())
+    assert oracle["tasks"] == json.loads((tmp_path / "eval" / "adaptation.json").read_text())["tasks"]
+    top, floor, ours = (summary[f"{k}return_per_episode"] for k in ("oracle_", "random_", ""))
+    assert all(t > f for t, f in zip(top, floor))
+    assert summary["gap_closed_per_episode"] == pytest.approx([(o - f) / (t - f) for o, f, t in zip(ours, floor, top)])
+    assert load_run(tmp_path, "adaptation").oracle is not None
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):

@@ -85,15 +85,21 @@ def _print_summary(summary: dict, run_dir: Path, preset: str, algo: str) -> None
             continue
         paper = adaptation_reference(preset, name, algo)
         success = "success_per_episode" in part
+        oracle = "oracle_return_per_episode" in part
         print(f"\nmeta-test ({name}): {part['n_tasks']} held-out tasks of {part.get('distribution', 'the run')}, "
               f"trials of {part['episodes']} episodes ({'mean' if part['deterministic'] else 'sampled'} actions)")
-        print("episode    return  random policy" + ("  success  random" if success else "") + ("     paper" if paper else ""))
+        print("episode    return  random policy" + ("    oracle  gap closed" if oracle else "")
+              + ("  success  random" if success else "") + ("     paper" if paper else ""))
         for k, (ret, rnd) in enumerate(zip(part["return_per_episode"], part["random_return_per_episode"])):
             value = paper.at(k) if paper else None
             line = f"{k:>7}  {ret:8.2f}  {rnd:13.2f}"
+            if oracle:
+                line += f"  {part['oracle_return_per_episode'][k]:8.2f}  {part['gap_closed_per_episode'][k]:10.2f}"
             if success:
                 line += f"  {part['success_per_episode'][k]:7.2f}  {part['random_success_per_episode'][k]:6.2f}"
             print(line + (f"  {value:8.2f}" if value is not None else ""))
+        if oracle:
+            print("oracle: a greedy agent that knows the goal; gap closed: (return - random) / (oracle - random)")
         if paper:
             print(f"paper: {paper.label}, the mean of its 3 seeds read from its plot")
         if success:
@@ -159,7 +165,7 @@ def eval_command(args: list[str]) -> None:
     import numpy as np
 
     from trmrl.algos.trmrl import TrMRL
-    from trmrl.evaluate import PROTOCOLS, MetaTester, resolve_protocol
+    from trmrl.evaluate import PROTOCOLS, MetaTester, gap_closed, resolve_protocol
     from trmrl.paper import adaptation_reference
     from trmrl.tasks import make_task_distribution
     from trmrl.train import load_trained
@@ -194,18 +200,23 @@ def eval_command(args: list[str]) -> None:
     seed = config.eval.seed if ns.seed is None else ns.seed
     distribution = make_task_distribution(config.task.name, **config.task_options())
     tester = MetaTester(distribution, protocol, config.task.max_episode_steps, seed, config.task.vector_env)
-    result, random = tester.run_beside_random(learner, run.eval)
+    result, random, oracle = tester.run_with_bounds(learner, run.eval)
     json_path, csv_path = run.eval_result(protocol.name), run.eval_result(protocol.name).with_suffix(".csv")
     protocol = tester.protocol  # with its task count when it runs every held-out task
     print(f"{protocol.name}: {protocol.n_tasks} held-out tasks of {tester.distribution.name} (seed {seed}), "
           f"trials of {protocol.episodes} episodes, {'mean' if protocol.deterministic else 'sampled'} actions")
     paper = adaptation_reference(config.preset, protocol.name, config.algo)
     print("episode     mean   95% CI                  IQM   95% CI                random mean"
+          + ("  oracle mean  gap closed" if oracle is not None else "")
           + ("  success" if result.successes is not None else "") + ("    paper" if paper else ""))
-    for row, floor in zip(result.per_episode(), np.nanmean(random.returns, axis=0)):
+    tops, gaps = ((np.nanmean(oracle.returns, axis=0), gap_closed(result.returns, random.returns, oracle.returns))
+                  if oracle is not None else ([None] * protocol.episodes, [None] * protocol.episodes))
+    for row, floor, top, gap in zip(result.per_episode(), np.nanmean(random.returns, axis=0), tops, gaps):
         line = (f"{row['episode']:>7} {row['return_mean']:8.2f}   [{row['return_mean_ci_low']:8.2f}, "
                 f"{row['return_mean_ci_high']:8.2f}] {row['return_iqm']:8.2f}   [{row['return_iqm_ci_low']:8.2f}, "
                 f"{row['return_iqm_ci_high']:8.2f}]   {floor:8.2f}")
+        if top is not None:
+            line += f"     {top:8.2f}  {gap:10.2f}"
         if "success_rate" in row:
             line += f"     {row['success_rate']:.2f}"
         if paper:
@@ -216,7 +227,8 @@ def eval_command(args: list[str]) -> None:
         print(f"paper: {paper.label}, the mean of its 3 seeds read from its plot")
     if result.successes is not None:
         _print_success_by_class(result.summary(), result.per_class(), protocol.adaptation_episodes, protocol.episodes)
-    print(f"wrote {json_path} and {csv_path} (and {protocol.name}-random beside them)")
+    others = f"{protocol.name}-random" + (f" and {protocol.name}-oracle" if oracle is not None else "")
+    print(f"wrote {json_path} and {csv_path} (and {others} beside them)")
     if ns.attention:
         from trmrl.attention import save_attention
 

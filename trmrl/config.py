@@ -48,6 +48,13 @@ class TaskConfig:
     is meant for machines with a core per few envs."""
     reward_function_version: Literal["v1", "v2"] = "v2"
     """MetaWorld tasks only: the reward family (metaworld's default 'v2', the paper's setting)."""
+    goal_radius: float = 1.0
+    """point-nav only: distance of the goals from the start."""
+    goal_arc: float = 180.0
+    """point-nav only: the goals' angles are uniform on [0, goal_arc] degrees (180: the upper half
+    circle; 360: the whole circle)."""
+    step_size: float = 0.1
+    """point-nav only: the largest move per axis and step."""
 
     def __post_init__(self) -> None:
         from trmrl.tasks import check_task_name
@@ -56,6 +63,9 @@ class TaskConfig:
         _require(self.episodes_per_trial >= 1, "task.episodes_per_trial must be >= 1")
         _require(self.max_episode_steps >= 1, "task.max_episode_steps must be >= 1")
         _require(self.tasks_per_epoch >= 1, "task.tasks_per_epoch must be >= 1")
+        _require(self.goal_radius > 0, f"task.goal_radius must be > 0 (got {self.goal_radius})")
+        _require(0 < self.goal_arc <= 360, f"task.goal_arc must be in (0, 360] degrees (got {self.goal_arc})")
+        _require(self.step_size > 0, f"task.step_size must be > 0 (got {self.step_size})")
 
     @property
     def steps_per_trial(self) -> int:
@@ -343,7 +353,9 @@ class TrainConfig:
 
     def task_options(self) -> dict[str, Any]:
         """What a task distribution may take from the run (`trmrl.tasks.TASK_OPTIONS`)."""
-        return {"seed": self.seed, "reward_function_version": self.task.reward_function_version}
+        t = self.task
+        return {"seed": self.seed, "reward_function_version": t.reward_function_version,
+                "goal_radius": t.goal_radius, "goal_arc": t.goal_arc, "step_size": t.step_size}
 
     @property
     def steps_per_epoch(self) -> int:

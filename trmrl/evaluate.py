@@ -269,14 +269,29 @@ class MetaTester:
             returns, successes, first = self._run_episodewise(learner, tasks, seeds, generators)  # type: ignore[arg-type]
         return MetaTestResult(p, tasks, returns, successes if self.distribution.reports_success else None, first)
 
-    def run_beside_random(self, learner: MetaLearner | Policy[Any], out_dir: Path) -> tuple[MetaTestResult, MetaTestResult]:
-        """The learner and a random policy on the same tasks, written to out_dir/<protocol>.{json,csv}
-        and out_dir/<protocol>-random.{json,csv}: every curve with the floor beside it."""
+    def oracle(self, index: int = 0) -> MetaTestResult | None:
+        """A goal-knowing agent on the protocol's tasks for evaluation `index`, where the
+        distribution defines one (`oracle_returns`, e.g. point-nav's greedy mover): the top of the
+        scale an adapting agent can reach."""
+        if not hasattr(self.distribution, "oracle_returns"):
+            return None
+        p, tasks = self.protocol, self.tasks(index)
+        returns = self.distribution.oracle_returns(tasks, p.episodes, self.max_episode_steps)  # type: ignore[attr-defined]
+        return MetaTestResult(p, tasks, returns, None, np.full((len(tasks), self.max_episode_steps), np.nan))
+
+    def run_with_bounds(
+        self, learner: MetaLearner | Policy[Any], out_dir: Path
+    ) -> tuple[MetaTestResult, MetaTestResult, MetaTestResult | None]:
+        """The learner, a random policy and (where the distribution has one) the oracle on the same
+        tasks, written to out_dir/<protocol>.{json,csv}, <protocol>-random.{json,csv} and
+        <protocol>-oracle.{json,csv}: every curve with both ends of its scale beside it."""
         space = self.sampler.envs.action_space
-        result, random = self.run(learner), self.run(RandomPolicy(space.low, space.high))
+        result, random, oracle = self.run(learner), self.run(RandomPolicy(space.low, space.high)), self.oracle()
         result.write(out_dir)
         random.write(out_dir, f"{self.protocol.name}-random")
-        return result, random
+        if oracle is not None:
+            oracle.write(out_dir, f"{self.protocol.name}-oracle")
+        return result, random, oracle
 
     def _run_episodewise(
         self, learner: MetaLearner, tasks: Sequence[Task], seeds: Sequence[int], generators: Sequence[torch.Generator]
@@ -296,6 +311,13 @@ class MetaTester:
                     first[i] = first_episode_rewards(rollout, self.max_episode_steps)[0]
                 policy = learner.adapt(policy, rollout)
         return returns, successes, first
+
+
+def gap_closed(result: np.ndarray, random: np.ndarray, oracle: np.ndarray) -> np.ndarray:
+    """Per episode index, the fraction of the random-to-oracle gap an agent closes: mean returns
+    (n_tasks, episodes) each -> (episodes,); 0 = random, 1 = oracle."""
+    floor = np.nanmean(random, axis=0)
+    return (np.nanmean(result, axis=0) - floor) / (np.nanmean(oracle, axis=0) - floor)
 
 
 class RandomPolicy:
@@ -331,17 +353,17 @@ def final_protocols(task: str, distribution: TaskDistribution | None = None) -> 
 
 def final_meta_test(config: TrainConfig, learner: MetaLearner, distribution: TaskDistribution,
                     eval_dir: Path) -> dict[str, Any]:
-    """`final_protocols`, each beside a random policy on the same tasks, written to
-    eval_dir/<protocol>.{json,csv} and eval_dir/<protocol>-random.{json,csv}; adaptation and OOD
-    with the run's final-test size. Returns the adaptation summary, the others nested under their
-    protocol's name."""
+    """`final_protocols`, each beside a random policy (and the distribution's oracle, if any) on
+    the same tasks, written to eval_dir/<protocol>.{json,csv}, <protocol>-random.{json,csv} (and
+    <protocol>-oracle); adaptation and OOD with the run's final-test size. Returns the adaptation
+    summary, the others nested under their protocol's name."""
     e = config.eval
     summaries = {}
     for name in final_protocols(config.task.name, distribution):
         size = {} if PROTOCOLS[name].every_test_task else {"n_tasks": e.final_n_tasks, "episodes": e.final_episodes}
         protocol = resolve_protocol(name, config.task.name, deterministic=e.deterministic, **size)
         tester = MetaTester(distribution, protocol, config.task.max_episode_steps, e.seed, config.task.vector_env)
-        result, random = tester.run_beside_random(learner, eval_dir)
+        result, random, oracle = tester.run_with_bounds(learner, eval_dir)
         tester.close()
         p = tester.protocol
         summaries[name] = {
@@ -351,6 +373,10 @@ def final_meta_test(config: TrainConfig, learner: MetaLearner, distribution: Tas
             "return_per_episode": np.nanmean(result.returns, axis=0).tolist(),
             "random_return_per_episode": np.nanmean(random.returns, axis=0).tolist(),
         }
+        if oracle is not None:
+            summaries[name] |= {"oracle_return_per_episode": np.nanmean(oracle.returns, axis=0).tolist(),
+                                "gap_closed_per_episode": gap_closed(result.returns, random.returns,
+                                                                     oracle.returns).tolist()}
         if result.successes is not None:
             summaries[name] |= {
                 "success_per_episode": np.nanmean(result.successes, axis=0).tolist(),

@@ -42,6 +42,7 @@ class Run:
     success: tuple[np.ndarray, np.ndarray]  # env steps (P,), meta-test success rate (P,); empty if none
     adaptation: dict | None  # eval/<protocol>.json
     random: dict | None  # eval/<protocol>-random.json: a random policy on the same tasks
+    oracle: dict | None = None  # eval/<protocol>-oracle.json: a goal-knowing agent, where the task has one
 
 
 def load_run(path: Path, protocol: str) -> Run:
@@ -61,7 +62,8 @@ def load_run(path: Path, protocol: str) -> Run:
     algo = config.get("algo", "trmrl")
     return Run(f"{algo}: {group_label(path)}", path, config.get("preset"), algo,
                *((np.array(steps), np.array(values)) for steps, values in curves.values()),
-               read(run.eval_result(protocol)), read(run.eval_result(f"{protocol}-random")))
+               read(run.eval_result(protocol)), read(run.eval_result(f"{protocol}-random")),
+               read(run.eval_result(f"{protocol}-oracle")))
 
 
 def _measured_at(record: dict) -> int:
@@ -82,7 +84,7 @@ def _band(ax, x: np.ndarray, stats: list[Aggregate], which: str, label: str, col
 
 def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Aggregate], int]], out: Path, name: str,
             floor: np.ndarray | None = None, references: Sequence[Reference] = (),
-            ylabel: str = "meta-test return") -> list[Path]:
+            ylabel: str = "meta-test return", ceiling: np.ndarray | None = None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,9 +95,10 @@ def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Ag
     for i, (label, (x, stats, n_runs)) in enumerate(sorted(groups.items())):
         for ax, which in zip(axes, ("mean", "iqm")):
             _band(ax, x, stats, which, f"{label} ({n_runs} runs)", colors[i % len(colors)])
-    if floor is not None:
-        for ax in axes:
-            ax.plot(np.arange(len(floor)), floor, color="grey", linestyle="--", label="random policy")
+    for line, style, label in ((floor, "--", "random policy"), (ceiling, ":", "oracle (knows the goal)")):
+        if line is not None:
+            for ax in axes:
+                ax.plot(np.arange(len(line)), line, color="grey", linestyle=style, label=label)
     for reference, style in zip(references, itertools.cycle(("-", ":", "-.", "--"))):
         for ax in axes:
             ax.plot(reference.x, reference.y, color="black", linestyle=style, marker="s", markersize=4,
@@ -162,9 +165,10 @@ def adaptation_curves(runs: list[Run]) -> dict[str, tuple[np.ndarray, list[Aggre
     return out
 
 
-def random_floor(runs: list[Run]) -> np.ndarray | None:
-    """Mean return per episode index of the random policy beside the runs' meta-tests."""
-    results = [np.array(r.random["returns"], dtype=float) for r in runs if r.random is not None]
+def bound(runs: list[Run], which: str = "random") -> np.ndarray | None:
+    """Mean return per episode index of the random policy (or the oracle) beside the runs'
+    meta-tests."""
+    results = [np.array(getattr(r, which)["returns"], dtype=float) for r in runs if getattr(r, which) is not None]
     if not results:
         return None
     episodes = min(r.shape[1] for r in results)
@@ -200,8 +204,8 @@ def plot_runs(run_dirs: list[Path], out: Path, protocol: str = "adaptation", pap
     if adaptation:
         references = [r for a in algos if (r := adaptation_reference(preset, protocol, a))]
         paths += _figure(f"Fast adaptation ({protocol}): return per episode of a trial on held-out tasks",
-                         "episode index within the trial", adaptation, out, "adaptation_curves", random_floor(runs),
-                         references=references)
+                         "episode index within the trial", adaptation, out, "adaptation_curves", bound(runs),
+                         references=references, ceiling=bound(runs, "oracle"))
     if not paths:
         raise ConfigError("nothing to plot: no meta-test in metrics.jsonl and no eval/"
                           f"{protocol}.json in the given runs")

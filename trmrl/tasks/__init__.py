@@ -25,9 +25,10 @@ from trmrl.tasks.base import Split, Task, TaskDistribution, TaskEnv
 __all__ = ["Split", "Task", "TaskDistribution", "TaskEnv", "Registration", "register", "register_family",
            "registered", "families", "registration", "make_task_distribution", "check_task_name", "TASK_OPTIONS"]
 
-TASK_OPTIONS = ("seed", "reward_function_version")
+TASK_OPTIONS = ("seed", "reward_function_version", "goal_radius", "goal_arc", "step_size")
 """What a registration may ask `make` to receive: the run's seed (MetaWorld builds its goals from
-it) and `task.reward_function_version`."""
+it), `task.reward_function_version` (MetaWorld) and point-nav's `task.goal_radius`,
+`task.goal_arc` and `task.step_size`."""
 
 
 @dataclass(frozen=True)
@@ -114,10 +115,11 @@ def _lazy(module: str, factory: str, *args: Any, needs: str = "") -> Callable[..
 
 
 _MUJOCO = "MuJoCo: pip install 'gymnasium[mujoco]'"
+_POINT_NAV = ("goal_radius", "goal_arc", "step_size")
 register("point-nav", _lazy("toy", "PointNav", False),
-         "2-D point, hidden goal on the upper unit half circle; sees only its moves")
+         "2-D point, hidden goal on the upper unit half circle; sees only its moves", options=_POINT_NAV)
 register("point-nav-xy", _lazy("toy", "PointNav", True),
-         "point-nav that also observes its position (memory barely needed)")
+         "point-nav that also observes its position (memory barely needed)", options=_POINT_NAV)
 register("cheetah-vel", _lazy("mujoco", "CheetahVel", 0.0, 3.0, needs=_MUJOCO), "HalfCheetah, target velocity U[0, 3]",
          ood="cheetah-vel-ood")
 register("cheetah-vel-ood", _lazy("mujoco", "CheetahVel", 3.0, 4.0, "cheetah-vel-ood", needs=_MUJOCO),
