@@ -93,3 +93,48 @@ def test_corrupt_and_missing_checkpoints_are_clear_errors(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt"):
         checkpoint.load(bad)
+
+
+def test_a_cut_last_metrics_line_survives_resume_and_plot(tmp_path, capsys):
+    full = tmp_path / "full"
+    train(tiny_config(), full)
+    split = tmp_path / "split"
+    train(tiny_config(), split, max_epochs=2)
+    with RunDir(split).metrics.open("a") as f:
+        f.write('{"epoch": 2, "charts/env_steps": 240, "losses/pol')  # killed mid-write
+    assert len(read_metrics(split)) == 3  # epochs 0 and 1 and the first meta-test; the cut record is skipped...
+    assert "skipped its last line" in capsys.readouterr().err  # ...with a warning
+    load_run(split, "adaptation")  # plot reads it
+    train(tiny_config(), split, resume=True)
+    assert without_timing(read_metrics(split)) == without_timing(read_metrics(full))
+
+    lines = RunDir(split).metrics.read_text().splitlines()
+    lines[1] = lines[1][:20]
+    RunDir(split).metrics.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CheckpointError, match="line 2 is not a JSON record"):
+        read_metrics(split)
+
+
+def test_a_restart_after_a_kill_before_the_first_checkpoint_leaves_no_stale_records(tmp_path):
+    uninterrupted = tmp_path / "uninterrupted"
+    train(tiny_config(), uninterrupted)
+    run = tmp_path / "run"
+    train(tiny_config(checkpoint_every=10), run, max_epochs=2)  # no checkpoint before the "kill"
+    RunDir(run).checkpoint.unlink()  # (the end of an interrupted run writes one: remove it)
+    (run / ".checkpoint.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    train(tiny_config(), run)
+    assert without_timing(read_metrics(run)) == without_timing(read_metrics(uninterrupted))
+    assert len(list(RunDir(run).tensorboard.iterdir())) == 1
+    assert not list(run.glob(".checkpoint.pt.*.tmp"))
+    with pytest.raises(CheckpointError, match="already holds a run; continue it with: trmrl train --resume"):
+        train(tiny_config(), run)  # a run with a checkpoint is resumed, never restarted over
+
+
+def test_partial_checkpoints_are_removed_on_resume_and_result_files_are_read_clearly(tmp_path):
+    train(tiny_config(), tmp_path, max_epochs=1)
+    (tmp_path / ".checkpoint.pt.x9.tmp").write_bytes(b"")
+    train(tiny_config(), tmp_path, resume=True)
+    assert not list(tmp_path.glob(".checkpoint.pt.*.tmp"))
+    (tmp_path / "eval" / "adaptation.json").write_text('{"protocol": "adapt')  # cut by a kill
+    with pytest.raises(CheckpointError, match="unreadable .*adaptation.json"):
+        load_run(tmp_path, "adaptation")

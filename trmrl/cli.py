@@ -140,8 +140,7 @@ def train_command(args: list[str]) -> None:
     rest = args[1:] if args and not args[0].startswith("-") else args
     config = _parse_config(preset, rest)
     run_dir = config.run_dir or RunDir.default(config).root
-    if RunDir(run_dir).checkpoint.exists():
-        raise ConfigError(f"{run_dir} already holds a run; continue it with: trmrl train --resume {run_dir}")
+    RunDir(run_dir).check_new()
     config = _replace(config, run_dir=run_dir, preset=preset)
     print(f"run directory: {run_dir}")
     _print_summary(train(config, run_dir), run_dir, preset, config.algo)

@@ -1,4 +1,7 @@
-"""Errors that the command line reports as one line and a non-zero exit (never a traceback)."""
+"""Errors that the command line reports as one line and a non-zero exit (never a traceback), and
+warnings about problems a run survives, one line each."""
+
+import sys
 
 
 class TrmrlError(Exception):
@@ -19,3 +22,8 @@ class MissingDependencyError(TrmrlError, ImportError):
 
 class DivergenceError(TrmrlError, FloatingPointError):
     """A loss or an action became NaN/inf; training stops and keeps the last good checkpoint."""
+
+
+def warn(message: str) -> None:
+    """Something the run survives but the user should know: one line on stderr."""
+    print(f"trmrl: warning: {message}", file=sys.stderr)

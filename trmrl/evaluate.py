@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from torch import Tensor
 from trmrl.config import TrainConfig
 from trmrl.errors import ConfigError
 from trmrl.protocols import MetaLearner, Policy, Starts, Step
+from trmrl.rundir import write_text
 from trmrl.sampler import Rollout, TrialSampler, VectorEnvKind, episode_returns, episode_successes, first_episode_rewards
 from trmrl.seeding import Stream, numpy_rng, random_rows, task_streams
 from trmrl.stats import aggregate
@@ -178,14 +180,15 @@ class MetaTestResult:
         directory.mkdir(parents=True, exist_ok=True)
         name = name or self.protocol.name
         json_path, csv_path = directory / f"{name}.json", directory / f"{name}.csv"
-        json_path.write_text(json.dumps(_finite(self.to_dict()), indent=1) + "\n")
-        with csv_path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["task", "task_name", "task_params", "episode", "return", "success"])
-            for i, task in enumerate(self.tasks):
-                for k in range(self.returns.shape[1]):
-                    success = "" if self.successes is None else self.successes[i, k]
-                    writer.writerow([i, task.name, " ".join(f"{x:g}" for x in task.params), k, self.returns[i, k], success])
+        write_text(json_path, json.dumps(_finite(self.to_dict()), indent=1) + "\n")
+        table = io.StringIO(newline="")
+        writer = csv.writer(table)
+        writer.writerow(["task", "task_name", "task_params", "episode", "return", "success"])
+        for i, task in enumerate(self.tasks):
+            for k in range(self.returns.shape[1]):
+                success = "" if self.successes is None else self.successes[i, k]
+                writer.writerow([i, task.name, " ".join(f"{x:g}" for x in task.params), k, self.returns[i, k], success])
+        write_text(csv_path, table.getvalue())
         return json_path, csv_path
 
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from trmrl.errors import CheckpointError, warn
 from trmrl.rundir import RunDir
 
 
@@ -48,6 +49,16 @@ class MetricLogger:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of a run directory's metrics.jsonl."""
+    """The records of a run directory's metrics.jsonl. A last line cut by a kill (or a full disk)
+    is skipped with a warning; an unreadable line anywhere else is a CheckpointError."""
     path = RunDir(run_dir).metrics
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise CheckpointError(f"{path} is corrupt: line {number} is not a JSON record") from None
+            warn(f"{path}: skipped its last line, cut short (the run was interrupted while writing it)")
+    return records

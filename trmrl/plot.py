@@ -9,7 +9,6 @@ and `runs/point-nav-s2-...` form one curve and `runs/ant-dir-s1-...` another.
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ import numpy as np
 from trmrl.errors import CheckpointError, ConfigError
 from trmrl.log import read_metrics
 from trmrl.paper import Reference, adaptation_reference, learning_references
-from trmrl.rundir import RunDir
+from trmrl.rundir import RunDir, read_json
 from trmrl.stats import Aggregate, aggregate
 
 META_TEST = re.compile(r"meta_test/episode_(\d+)/(return|success)")
@@ -57,8 +56,8 @@ def load_run(path: Path, protocol: str) -> Run:
             if episodes:
                 steps.append(_measured_at(record))
                 values.append(float(np.mean(episodes)))
-    read = lambda file: json.loads(file.read_text()) if file.is_file() else None  # noqa: E731
-    config = json.loads(run.config.read_text()) if run.config.is_file() else {}
+    read = lambda file: read_json(file) if file.is_file() else None  # noqa: E731
+    config = read(run.config) or {}
     algo = config.get("algo", "trmrl")
     return Run(f"{algo}: {group_label(path)}", path, config.get("preset"), algo,
                *((np.array(steps), np.array(values)) for steps, values in curves.values()),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -66,13 +67,32 @@ class RunDir:
         name = config.preset if config.algo == "trmrl" else f"{config.preset}-{config.algo}"
         return RunDir(Path("runs") / f"{name}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
 
+    def check_new(self) -> None:
+        """Refuse a directory that already holds a run (a checkpoint): it is resumed, not restarted."""
+        if self.checkpoint.exists():
+            raise CheckpointError(f"{self.root} already holds a run; continue it with: trmrl train --resume "
+                                  f"{self.root} (or choose another run directory)")
+
     def create(self, config: TrainConfig) -> None:
-        """Make the directory and describe the run in it."""
+        """Make the directory and describe the run in it. What an attempt killed before its first
+        checkpoint left (metrics, TensorBoard events, results) is removed, so the new run's files
+        are those of an uninterrupted run."""
         from trmrl.config import to_dict
 
+        self.check_new()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.metrics.unlink(missing_ok=True)
+        for stale in (self.tensorboard, self.eval):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+        self.remove_partial_checkpoints()
         write_json(self.config, to_dict(config))
         write_json(self.versions, versions())
+
+    def remove_partial_checkpoints(self) -> None:
+        """Temporary checkpoint files a kill mid-write left behind (`checkpoint.save`'s)."""
+        for partial in self.root.glob(f".{self.checkpoint.name}.*.tmp"):
+            partial.unlink(missing_ok=True)
 
     def read_config(self) -> TrainConfig:
         """The resolved config the run was started with."""
@@ -112,7 +132,20 @@ def git_revision() -> str:
     return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically: a kill mid-write leaves the previous file (or none)."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of a run directory; an unreadable one is a CheckpointError naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"unreadable {path}: {exc}") from None

@@ -34,6 +34,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
         state = checkpoint.load(run.checkpoint)
         algorithm.load_state_dict(state)
         start = int(state["epoch"])
+        run.remove_partial_checkpoints()
     else:
         run.create(config)
     logger = MetricLogger(run, completed_epochs=start if resume else None)
