@@ -58,6 +58,16 @@ def test_train_then_resume_end_to_end(tmp_path):
     tested = [(r["epoch"], r["charts/env_steps"]) for r in records if "meta_test/episode_0/return" in r]
     assert trained == [(0, 320), (1, 640), (2, 960), (3, 1280)] and tested == [(0, 0), (4, 1280)]
 
+    # a resumed run keeps its config: a change other than the budget is refused in one line
+    assert_one_error_line(trmrl("train", "--resume", str(run), "--model.window", "3"),
+                          "only --total-env-steps", "not --model.window 3")
+    # file-system faults: one line that names the path and the cause
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert_one_error_line(trmrl("train", "point-nav", "--total-env-steps", "1", "--run-dir", str(blocker / "run")),
+                          str(blocker), "Not a directory")
+    assert_one_error_line(trmrl("plot", str(run), "--out", str(blocker)), str(blocker))
+
     (run / "checkpoint.pt").write_bytes(b"\x00garbage")
     assert_one_error_line(trmrl("train", "--resume", str(run), "--total-env-steps", "2000"), "corrupt checkpoint")
     assert_one_error_line(trmrl("train", "--resume", str(tmp_path / "nowhere")), "not a run directory")

@@ -120,14 +120,17 @@ def train_command(args: list[str]) -> None:
     from trmrl.train import train
 
     if "--resume" in args:
-        parser = argparse.ArgumentParser(prog="trmrl train --resume", exit_on_error=False)
+        parser = _Parser(prog="trmrl train --resume", exit_on_error=False)
         parser.add_argument("--resume", type=Path, required=True, metavar="RUN_DIR")
         parser.add_argument("--total-env-steps", type=int, default=None)
         parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
         try:
-            ns = parser.parse_args(args)
+            ns, others = parser.parse_known_args(args)
         except argparse.ArgumentError as exc:
             raise ConfigError(str(exc)) from None
+        if others:
+            raise ConfigError(f"a resumed run keeps its config; only --total-env-steps (to extend it) and "
+                              f"--[no-]progress may change, not {' '.join(others)} (start a new run for that)")
         config = RunDir(ns.resume).read_config()
         changes = {k: v for k, v in (("total_env_steps", ns.total_env_steps), ("progress", ns.progress)) if v is not None}
         config = _replace(config, **changes)
@@ -285,6 +288,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError(f"unknown command '{args[0]}'; commands: train, eval, plot, presets, algos")
     except TrmrlError as exc:
         print(f"trmrl: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        # a file-system fault (no permission, read-only or full disk, a file where a directory
+        # should be): name the path and the cause
+        path = f"{exc.filename}: " if exc.filename else ""
+        print(f"trmrl: error: {path}{exc.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("trmrl: interrupted; a run continues from its last checkpoint with `trmrl train --resume RUN_DIR`",
