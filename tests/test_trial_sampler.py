@@ -77,6 +77,14 @@ def test_rollout_flags_and_episode_returns_with_a_scripted_policy():
     success[[1, 2, 9], 0] = True  # env 0: twice in its first episode, once in its third
     hand = rollout_metrics(dataclasses.replace(rollout, success=success))
     assert hand["charts/success"] == pytest.approx(2 / 6)  # episodes, not steps
+    assert hand["charts/episode_return"] == pytest.approx((3 * up + 3 * right) / 6)
+    # stopped after 10 steps: the third episodes are still running and count nowhere
+    cut = dataclasses.replace(rollout, success=success, **{
+        f.name: getattr(rollout, f.name)[:10] for f in dataclasses.fields(rollout) if f.name not in ("cut_values", "success")})
+    cut = dataclasses.replace(cut, success=success[:10])
+    partial = rollout_metrics(cut)
+    assert partial["charts/episodes"] == 4 and partial["charts/episode_return"] == pytest.approx((2 * up + 2 * right) / 4)
+    assert partial["charts/success"] == pytest.approx(1 / 4) and partial["charts/trial_return"] == 0.0
 
 
 def test_random_policy_stays_in_the_action_box():

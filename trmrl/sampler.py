@@ -62,20 +62,28 @@ class Rollout:
         return cls(**{f.name: cat(f.name) for f in dataclasses.fields(cls)})
 
 
+def _ended(flags: Tensor) -> Tensor:
+    """(T, B) bool: step t belongs to an episode (or trial) that ended within the rollout, i.e.
+    `flags` (its end flags) is set at t or later in the same column."""
+    return flags.flip(0).cumsum(0).flip(0) > 0
+
+
 def rollout_metrics(rollout: Rollout) -> dict[str, float]:
-    """Mean return of the episodes and trials that ended in this rollout and, where the tasks
-    report success, the fraction of its episodes that succeeded at any step."""
+    """Mean return of the episodes and trials that ended in this rollout (the steps of one still
+    running when it stopped, e.g. a trial restarted after an early termination, count in neither)
+    and, where the tasks report success, the fraction of those episodes that succeeded at any step."""
     episodes = int(rollout.episode_end.sum())
     trials = int(rollout.trial_end.sum())
-    total = float(rollout.rewards.sum())
-    metrics = {"charts/episode_return": total / max(episodes, 1), "charts/trial_return": total / max(trials, 1),
+    in_episode, in_trial = _ended(rollout.episode_end), _ended(rollout.trial_end)
+    metrics = {"charts/episode_return": float(rollout.rewards[in_episode].sum()) / max(episodes, 1),
+               "charts/trial_return": float(rollout.rewards[in_trial].sum()) / max(trials, 1),
                "charts/episodes": float(episodes)}
     if rollout.success is not None:
         # one id per (env, episode); an episode counts once however many of its steps succeed
         episode = rollout.episode_start.long().cumsum(0)
         ids = episode * rollout.rewards.shape[1] + torch.arange(rollout.rewards.shape[1])
-        succeeded = len(torch.unique(ids[rollout.success.bool() & (episode > 0)]))
-        metrics["charts/success"] = succeeded / max(int(rollout.episode_start.sum()), 1)
+        succeeded = len(torch.unique(ids[rollout.success.bool() & in_episode]))
+        metrics["charts/success"] = succeeded / max(episodes, 1)
     return metrics
 
 
