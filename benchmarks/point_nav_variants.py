@@ -42,7 +42,7 @@ def run(out: Path, variant: str, agent: str, seed: int, budget: int | None, extr
     command = [sys.executable, "-m", "trmrl.cli", "train", "point-nav", "--seed", str(seed), "--torch-threads", "1",
                "--task.goal-radius", str(radius), "--task.goal-arc", str(arc), "--no-progress", "--run-dir", str(path),
                *AGENTS[agent], *extra, *(["--total-env-steps", str(budget)] if budget else [])]
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr}")
     return path
