@@ -74,16 +74,20 @@ def _measured_at(record: dict) -> int:
     return record["charts/env_steps"] // (record["epoch"] + 1) * record["epoch"]
 
 
-def _band(ax, x: np.ndarray, stats: list[Aggregate], which: str, label: str, color: str) -> None:
+def _band(ax, x: np.ndarray, stats: list[Aggregate], which: str, label: str, color: str, n_runs: int) -> None:
+    """The curve, and its confidence band where there are runs to resample (none for one run)."""
     centre = np.array([getattr(s, which) for s in stats])
-    ci = np.array([getattr(s, f"{which}_ci") for s in stats])
     ax.plot(x, centre, color=color, label=label, marker="o" if len(x) < 12 else None)
-    ax.fill_between(x, ci[:, 0], ci[:, 1], color=color, alpha=0.2, linewidth=0)
+    if n_runs > 1:
+        ci = np.array([getattr(s, f"{which}_ci") for s in stats])
+        ax.fill_between(x, ci[:, 0], ci[:, 1], color=color, alpha=0.2, linewidth=0)
 
 
 def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Aggregate], int]], out: Path, name: str,
             floor: np.ndarray | None = None, references: Sequence[Reference] = (),
-            ylabel: str = "meta-test return", ceiling: np.ndarray | None = None) -> list[Path]:
+            ylabel: str = "meta-test return", ceiling: np.ndarray | None = None,
+            resampled: str = "runs") -> list[Path]:
+    """Mean and IQM panels; `resampled` says what the 95% bootstrap bands resample."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -93,7 +97,8 @@ def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Ag
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, (x, stats, n_runs)) in enumerate(sorted(groups.items())):
         for ax, which in zip(axes, ("mean", "iqm")):
-            _band(ax, x, stats, which, f"{label} ({n_runs} runs)", colors[i % len(colors)])
+            runs = f"{n_runs} runs" if n_runs > 1 else "1 run: no interval"
+            _band(ax, x, stats, which, f"{label} ({runs})", colors[i % len(colors)], n_runs)
     for line, style, label in ((floor, "--", "random policy"), (ceiling, ":", "oracle (knows the goal)")):
         if line is not None:
             for ax in axes:
@@ -109,7 +114,7 @@ def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Ag
         for ax in axes:
             ax.set_xlim(left - 0.04 * (right - left), right + 0.04 * (right - left))
     for ax, which in zip(axes, ("Mean", "IQM")):
-        ax.set_title(f"{which}, 95% stratified bootstrap CI")
+        ax.set_title(f"{which}; 95% bootstrap CI over {resampled}", fontsize=10)
         ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
@@ -204,7 +209,8 @@ def plot_runs(run_dirs: list[Path], out: Path, protocol: str = "adaptation", pap
         references = [r for a in algos if (r := adaptation_reference(preset, protocol, a))]
         paths += _figure(f"Fast adaptation ({protocol}): return per episode of a trial on held-out tasks",
                          "episode index within the trial", adaptation, out, "adaptation_curves", bound(runs),
-                         references=references, ceiling=bound(runs, "oracle"))
+                         references=references, ceiling=bound(runs, "oracle"),
+                         resampled="runs, within each held-out task")
     if not paths:
         raise ConfigError("nothing to plot: no meta-test in metrics.jsonl and no eval/"
                           f"{protocol}.json in the given runs")
