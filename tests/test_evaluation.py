@@ -200,7 +200,7 @@ def test_paper_references_are_drawn_only_for_runs_of_one_preset(tmp_path):
 
     assert shared_preset([run("cheetah-vel"), run("cheetah-vel")]) == "cheetah-vel"
     assert shared_preset([run("cheetah-vel"), run("ant-dir")]) is None  # no reference fits both
-    # the values of TRMRL.md section 6, read from the paper's figures 4-6 and appendix E
+    # the values of docs/paper.md section 5, read from the paper's figures 4-6 and appendix E
     paper, no_tfixup = learning_references("cheetah-vel")
     assert (paper.at(2e6), paper.at(4e6), paper.at(1e7)) == (-70, -34, -25)
     assert no_tfixup.at(2e6) == -268 and paper.at(3e6) is None

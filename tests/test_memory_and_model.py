@@ -135,7 +135,7 @@ def test_tfixup_paper_variant_leaves_q_and_k_unscaled():
 
 
 def test_parameter_count_matches_the_original_cheetah_vel_policy():
-    # embedding 3,584 + 4 layers x 197,760 + head 12,806 + log-std 6 (ORIGINAL-CODE.md section 8)
+    # embedding 3,584 + 4 layers x 197,760 + head 12,806 + log-std 6 (docs/paper.md section 1)
     m = paper_model("code")
     assert sum(p.numel() for p in m.policy_parameters()) == 3584 + 4 * 197760 + 12806 + 6
 

@@ -1,4 +1,4 @@
-"""Presets carry the paper's values (TRMRL.md section 3) and stay consistent."""
+"""Presets carry the paper's values (docs/paper.md section 2) and stay consistent."""
 
 import pytest
 

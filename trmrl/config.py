@@ -221,7 +221,7 @@ class MAMLConfig:
 
 @dataclass(frozen=True)
 class PPOConfig:
-    """PPO over trials (TRMRL.md section 3). Each departure from the paper is a switch."""
+    """PPO over trials (docs/paper.md section 2). Each departure from the paper is a switch."""
 
     gamma: float = 0.95
     """Discount factor."""

@@ -2,7 +2,7 @@
 a run beside them.
 
 Values were read from the vector data of the paper's plots (Melo, ICML 2022, arXiv 2206.06614;
-it has no numeric tables), so treat them as about; see TRMRL.md section 6. Curves are means over
+it has no numeric tables), so treat them as about; see docs/paper.md section 5. Curves are means over
 the paper's 3 seeds; x is environment steps (learning curves) or the episode index within a trial
 (fast adaptation).
 """

@@ -1,5 +1,5 @@
 """Named configurations. Paper presets carry the values of the author's README commands
-(ORIGINAL-CODE.md section 8; TRMRL.md section 3); every field can be overridden."""
+(docs/paper.md section 2); every field can be overridden."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
     ),
 }
 
-# MetaWorld (TRMRL.md section 3; the author's README command for transformer_ppo_ml1.py): 4 layers
+# MetaWorld (docs/paper.md section 2; the author's README command for transformer_ppo_ml1.py): 4 layers
 # of d_model 32, 4 heads, FFN 128, window 5 cleared every episode; trials of 10 episodes x 500
 # steps; gamma 0.9, GAE lambda 0.95, clip 0.2, constant lr 5e-5 for policy and value, minibatch 32,
 # initial std 1.0, output gain 0.01, separate value MLP. The README's 25 tasks per epoch suits

@@ -1,4 +1,4 @@
-"""The paper's MuJoCo task distributions on gymnasium's v5 models (TRMRL.md section 4).
+"""The paper's MuJoCo task distributions on gymnasium's v5 models (docs/paper.md section 3).
 
 dt = 0.05 (model timestep 0.01, frame skip 5). No time limit here: the trial env applies it.
 Rewards use the raw policy action; MuJoCo clamps the control to ctrlrange itself.
