@@ -152,11 +152,16 @@ def test_train_eval_plot_end_to_end(tmp_path):
         result = cli("train", "point-nav", *small, "--seed", str(seed), "--run-dir", str(tmp_path / f"pn-s{seed}"))
         assert result.returncode == 0, result.stderr
     run = tmp_path / "pn-s1"
+    own = (run / "eval" / "adaptation.json").read_text()  # the end of training's: 4 tasks x 4 episodes
     result = cli("eval", str(run / "checkpoint.pt"), "--n-tasks", "5", "--episodes", "3", "--attention")
     assert result.returncode == 0, result.stderr
     assert "adaptation: 5 held-out tasks" in result.stdout
-    saved = json.loads((run / "eval" / "adaptation.json").read_text())
+    assert (run / "eval" / "adaptation.json").read_text() == own  # another protocol: never overwritten
+    saved = json.loads((run / "eval" / "adaptation-5x3-seed0.json").read_text())
     assert saved["n_tasks"] == 5 and len(saved["per_episode"]) == 3
+    assert (run / "eval" / "adaptation-5x3-seed0-random.json").exists()
+    result = cli("eval", str(run), "--n-tasks", "4", "--episodes", "4")  # the run's own protocol again
+    assert result.returncode == 0 and "adaptation-4x4" not in result.stdout and "was kept" not in result.stdout
     assert (run / "eval" / "attention.png").stat().st_size > 0
     result = cli("plot", str(tmp_path / "pn-s1"), str(tmp_path / "pn-s2"), "--out", str(tmp_path / "plots"))
     assert result.returncode == 0, result.stderr

@@ -215,7 +215,7 @@ def test_maml_learns_to_adapt_on_point_nav(tmp_path):
     from trmrl.cli import main
 
     assert main(["eval", str(tmp_path / "run"), "--n-tasks", "4", "--episodes", "4", "--exploration-episodes", "3"]) == 0
-    saved = json.loads((tmp_path / "run" / "eval" / "adaptation.json").read_text())
+    saved = json.loads((tmp_path / "run" / "eval" / "adaptation-4x4-seed0-explore3.json").read_text())
     assert np.array(saved["returns"]).shape == (4, 4)
 
 

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from trmrl.config import TrainConfig
 from trmrl.errors import ConfigError, TrmrlError
-from trmrl.rundir import RunDir
+from trmrl.rundir import RunDir, read_json
 
 _D = TypeVar("_D")
 
@@ -202,9 +202,16 @@ def eval_command(args: list[str]) -> None:
     seed = config.eval.seed if ns.seed is None else ns.seed
     distribution = make_task_distribution(config.task.name, **config.task_options())
     tester = MetaTester(distribution, protocol, config.task.max_episode_steps, seed, config.task.vector_env)
-    result, random, oracle = tester.run_with_bounds(learner, run.eval)
-    json_path, csv_path = run.eval_result(protocol.name), run.eval_result(protocol.name).with_suffix(".csv")
     protocol = tester.protocol  # with its task count when it runs every held-out task
+    # a result of another protocol (the run's own final meta-test, an earlier eval) is never
+    # overwritten: this one then gets a name of its own
+    name = protocol.name
+    if ns.exploration_episodes is not None or (run.eval_result(name).is_file()
+                                               and not tester.same_as(read_json(run.eval_result(name)))):
+        name += (f"-{protocol.n_tasks}x{protocol.episodes}-seed{seed}" + ("" if protocol.deterministic else "-sampled")
+                 + (f"-explore{ns.exploration_episodes}" if ns.exploration_episodes is not None else ""))
+    result, random, oracle = tester.run_with_bounds(learner, run.eval, name)
+    json_path, csv_path = run.eval_result(name), run.eval_result(name).with_suffix(".csv")
     print(f"{protocol.name}: {protocol.n_tasks} held-out tasks of {tester.distribution.name} (seed {seed}), "
           f"trials of {protocol.episodes} episodes, {'mean' if protocol.deterministic else 'sampled'} actions")
     paper = adaptation_reference(config.preset, protocol.name, config.algo)
@@ -229,8 +236,11 @@ def eval_command(args: list[str]) -> None:
         print(f"paper: {paper.label}, the mean of its 3 seeds read from its plot")
     if result.successes is not None:
         _print_success_by_class(result.summary(), result.per_class(), protocol.adaptation_episodes, protocol.episodes)
-    others = f"{protocol.name}-random" + (f" and {protocol.name}-oracle" if oracle is not None else "")
+    others = f"{name}-random" + (f" and {name}-oracle" if oracle is not None else "")
     print(f"wrote {json_path} and {csv_path} (and {others} beside them)")
+    if name != protocol.name:
+        print(f"(the run's {protocol.name}.json holds another protocol and was kept; "
+              f"plot this one with: trmrl plot RUN_DIR... --protocol {name})")
     if ns.attention:
         from trmrl.attention import save_attention
 

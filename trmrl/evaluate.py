@@ -283,18 +283,26 @@ class MetaTester:
         return MetaTestResult(p, tasks, returns, None, np.full((len(tasks), self.max_episode_steps), np.nan))
 
     def run_with_bounds(
-        self, learner: MetaLearner | Policy[Any], out_dir: Path
+        self, learner: MetaLearner | Policy[Any], out_dir: Path, name: str | None = None
     ) -> tuple[MetaTestResult, MetaTestResult, MetaTestResult | None]:
         """The learner, a random policy and (where the distribution has one) the oracle on the same
-        tasks, written to out_dir/<protocol>.{json,csv}, <protocol>-random.{json,csv} and
-        <protocol>-oracle.{json,csv}: every curve with both ends of its scale beside it."""
+        tasks, written to out_dir/<name>.{json,csv}, <name>-random.{json,csv} and
+        <name>-oracle.{json,csv} (name: the protocol's): every curve with both ends of its scale."""
+        name = name or self.protocol.name
         space = self.sampler.envs.action_space
         result, random, oracle = self.run(learner), self.run(RandomPolicy(space.low, space.high)), self.oracle()
-        result.write(out_dir)
-        random.write(out_dir, f"{self.protocol.name}-random")
+        result.write(out_dir, name)
+        random.write(out_dir, f"{name}-random")
         if oracle is not None:
-            oracle.write(out_dir, f"{self.protocol.name}-oracle")
+            oracle.write(out_dir, f"{name}-oracle")
         return result, random, oracle
+
+    def same_as(self, saved: dict[str, Any]) -> bool:
+        """Whether a saved result (`MetaTestResult.to_dict`) ran this protocol: the same tasks,
+        episodes and action mode."""
+        p = self.protocol
+        tasks = [{"name": t.name, "params": list(t.params)} for t in self.tasks()]
+        return (saved.get("episodes"), saved.get("deterministic"), saved.get("tasks")) == (p.episodes, p.deterministic, tasks)
 
     def _run_episodewise(
         self, learner: MetaLearner, tasks: Sequence[Task], seeds: Sequence[int], generators: Sequence[torch.Generator]

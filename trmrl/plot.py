@@ -206,7 +206,8 @@ def plot_runs(run_dirs: list[Path], out: Path, protocol: str = "adaptation", pap
                          ylabel="meta-test success rate")
     adaptation = adaptation_curves(runs)
     if adaptation:
-        references = [r for a in algos if (r := adaptation_reference(preset, protocol, a))]
+        kind = next((run.adaptation["protocol"] for run in runs if run.adaptation), protocol)  # the file's protocol
+        references = [r for a in algos if (r := adaptation_reference(preset, kind, a))]
         paths += _figure(f"Fast adaptation ({protocol}): return per episode of a trial on held-out tasks",
                          "episode index within the trial", adaptation, out, "adaptation_curves", bound(runs),
                          references=references, ceiling=bound(runs, "oracle"),
