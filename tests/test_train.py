@@ -1,5 +1,6 @@
 """The training loop through its real pipeline: determinism, resume, divergence, run directory."""
 
+import dataclasses
 import json
 
 import pytest
@@ -138,3 +139,20 @@ def test_partial_checkpoints_are_removed_on_resume_and_result_files_are_read_cle
     (tmp_path / "eval" / "adaptation.json").write_text('{"protocol": "adapt')  # cut by a kill
     with pytest.raises(CheckpointError, match="unreadable .*adaptation.json"):
         load_run(tmp_path, "adaptation")
+
+
+def test_plot_splits_a_group_whose_runs_are_different_experiments(tmp_path, capsys):
+    from trmrl.plot import plot_runs
+
+    for seed, window in ((1, 3), (2, 3), (3, 1)):
+        train(tiny_config(seed=seed, total_env_steps=160, model=dataclasses.replace(tiny_config().model, window=window)),
+              tmp_path / f"pn-s{seed}")
+    runs = [load_run(tmp_path / f"pn-s{s}", "adaptation") for s in (1, 2, 3)]
+    assert {r.label for r in runs} == {"trmrl: pn"}  # one group by name...
+    from trmrl.plot import split_mixed_groups
+
+    labels = [r.label for r in split_mixed_groups(runs)]
+    assert labels == ["trmrl: pn (model.window=3)"] * 2 + ["trmrl: pn (model.window=1)"]  # ...two experiments
+    assert "differ in model.window" in capsys.readouterr().err
+    plot_runs([tmp_path / f"pn-s{s}" for s in (1, 2)], tmp_path / "plots")  # one experiment: no warning
+    assert "differ" not in capsys.readouterr().err

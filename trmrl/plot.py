@@ -3,7 +3,9 @@ that report success) and adaptation curves (return vs episode index of a trial) 
 seeds aggregated: mean and IQM with 95% stratified bootstrap confidence bands (`trmrl.stats`).
 
 Runs are grouped by their directory name without the seed suffix, so `runs/point-nav-s1-...`
-and `runs/point-nav-s2-...` form one curve and `runs/ant-dir-s1-...` another.
+and `runs/point-nav-s2-...` form one curve and `runs/ant-dir-s1-...` another; runs of one group
+whose configs differ in more than the seed are split into curves labelled by what differs, with a
+warning.
 """
 
 from __future__ import annotations
@@ -12,12 +14,12 @@ import itertools
 import re
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from trmrl.errors import CheckpointError, ConfigError
+from trmrl.errors import CheckpointError, ConfigError, warn
 from trmrl.log import read_metrics
 from trmrl.paper import Reference, adaptation_reference, learning_references
 from trmrl.rundir import RunDir, read_json
@@ -42,6 +44,7 @@ class Run:
     adaptation: dict | None  # eval/<protocol>.json
     random: dict | None  # eval/<protocol>-random.json: a random policy on the same tasks
     oracle: dict | None = None  # eval/<protocol>-oracle.json: a goal-knowing agent, where the task has one
+    config: dict = field(default_factory=dict)  # config.json
 
 
 def load_run(path: Path, protocol: str) -> Run:
@@ -62,7 +65,7 @@ def load_run(path: Path, protocol: str) -> Run:
     return Run(f"{algo}: {group_label(path)}", path, config.get("preset"), algo,
                *((np.array(steps), np.array(values)) for steps, values in curves.values()),
                read(run.eval_result(protocol)), read(run.eval_result(f"{protocol}-random")),
-               read(run.eval_result(f"{protocol}-oracle")))
+               read(run.eval_result(f"{protocol}-oracle")), config)
 
 
 def _measured_at(record: dict) -> int:
@@ -186,10 +189,41 @@ def shared_preset(runs: Sequence[Run]) -> str | None:
     return presets.pop() if len(presets) == 1 else None
 
 
+NOT_CONFIG = ("seed", "run_dir", "progress", "torch_threads")
+"""Fields that do not make two runs different experiments."""
+
+
+def _flat(config: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        elif prefix or key not in NOT_CONFIG:
+            out[prefix + key] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def split_mixed_groups(runs: list[Run]) -> list[Run]:
+    """Runs grouped by directory name whose configs differ (other than in the seed) are drawn as
+    separate curves labelled by what differs, with a warning: a curve is one experiment."""
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[run.label].append(run)
+    for label, members in groups.items():
+        configs = [_flat(run.config) for run in members]
+        differ = sorted(k for k in set().union(*configs) if len({repr(c.get(k)) for c in configs}) > 1)
+        if not differ:
+            continue
+        warn(f"the runs grouped as '{label}' differ in {', '.join(differ)}: drawn as separate curves")
+        for run, config in zip(members, configs):
+            run.label = f"{label} ({', '.join(f'{k}={config.get(k)}' for k in differ[:3])})"
+    return runs
+
+
 def plot_runs(run_dirs: list[Path], out: Path, protocol: str = "adaptation", paper: bool = True) -> list[Path]:
     """Learning and adaptation figures of the runs; with `paper`, the paper's points for their
     preset beside them (when all runs share a preset the paper reports)."""
-    runs = [load_run(path, protocol) for path in run_dirs]
+    runs = split_mixed_groups([load_run(path, protocol) for path in run_dirs])
     preset = shared_preset(runs) if paper else None
     algos = sorted({run.algo for run in runs})  # the paper's points of every algorithm plotted
     paths: list[Path] = []
