@@ -189,8 +189,10 @@ def shared_preset(runs: Sequence[Run]) -> str | None:
     return presets.pop() if len(presets) == 1 else None
 
 
-NOT_CONFIG = ("seed", "run_dir", "progress", "torch_threads")
-"""Fields that do not make two runs different experiments."""
+NOT_CONFIG = ("seed", "run_dir", "progress", "torch_threads", "total_env_steps", "checkpoint_every",
+              "eval.every_epochs")
+"""Fields that do not make two runs different experiments (a longer budget extends one; learning
+curves are drawn where all runs of a group have points)."""
 
 
 def _flat(config: dict, prefix: str = "") -> dict[str, object]:
@@ -198,7 +200,7 @@ def _flat(config: dict, prefix: str = "") -> dict[str, object]:
     for key, value in config.items():
         if isinstance(value, dict):
             out |= _flat(value, f"{prefix}{key}.")
-        elif prefix or key not in NOT_CONFIG:
+        elif prefix + key not in NOT_CONFIG:
             out[prefix + key] = tuple(value) if isinstance(value, list) else value
     return out
 
