@@ -213,7 +213,8 @@ def eval_command(args: list[str]) -> None:
     result, random, oracle = tester.run_with_bounds(learner, run.eval, name)
     json_path, csv_path = run.eval_result(name), run.eval_result(name).with_suffix(".csv")
     print(f"{protocol.name}: {protocol.n_tasks} held-out tasks of {tester.distribution.name} (seed {seed}), "
-          f"trials of {protocol.episodes} episodes, {'mean' if protocol.deterministic else 'sampled'} actions")
+          f"trials of {protocol.episodes} episodes, {'mean' if protocol.deterministic else 'sampled'} actions; "
+          f"95% CIs: bootstrap over the {protocol.n_tasks} tasks")
     paper = adaptation_reference(config.preset, protocol.name, config.algo)
     print("episode     mean   95% CI                  IQM   95% CI                random mean"
           + ("  oracle mean  gap closed" if oracle is not None else "")

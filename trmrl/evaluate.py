@@ -167,6 +167,7 @@ class MetaTestResult:
             "distribution": p.distribution,
             "tasks": [{"name": t.name, "params": list(t.params)} for t in self.tasks],
             "adaptation_episodes": p.adaptation_episodes,
+            "intervals": f"95% percentile bootstrap over the {len(self.tasks)} tasks (2000 resamples)",
             "per_episode": self.per_episode(),
             "evaluation": self.summary(),
             "per_class": self.per_class(),
