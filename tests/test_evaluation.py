@@ -102,6 +102,16 @@ def test_the_contract_runs_gradient_style_learners_episode_by_episode():
     assert np.allclose(in_memory.returns[0], [expected_return(goal, 0.25)] * 3)
 
 
+def test_probability_of_improvement_by_hand():
+    from trmrl.stats import probability_of_improvement
+
+    x, y = np.array([[3.0, 1.0], [5.0, 1.0]]), np.array([[4.0, 1.0], [2.0, 0.0]])
+    # task 0: 3<4, 3>2, 5>4, 5>2 -> 3/4; task 1: tie, 1>0, tie, 1>0 -> (0.5 + 1 + 0.5 + 1)/4
+    p, (low, high) = probability_of_improvement(x, y)
+    assert p == 0.75 and low <= p <= high
+    assert probability_of_improvement(y, x)[0] == 0.25  # P(X > Y) + P(Y > X) = 1
+
+
 def test_iqm_and_bootstrap_by_hand():
     assert iqm(np.arange(1.0, 9.0)) == pytest.approx(4.5)  # mean of 3, 4, 5, 6
     assert iqm(np.array([1.0, 2.0, 3.0])) == pytest.approx(2.0)  # floor(3/4) = 0 cut

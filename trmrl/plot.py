@@ -10,6 +10,8 @@ warning.
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import re
 from collections import defaultdict
@@ -22,8 +24,8 @@ import numpy as np
 from trmrl.errors import CheckpointError, ConfigError, warn
 from trmrl.log import read_metrics
 from trmrl.paper import Reference, adaptation_reference, learning_references
-from trmrl.rundir import RunDir, read_json
-from trmrl.stats import Aggregate, aggregate
+from trmrl.rundir import RunDir, read_json, write_text
+from trmrl.stats import Aggregate, aggregate, probability_of_improvement
 
 META_TEST = re.compile(r"meta_test/episode_(\d+)/(return|success)")
 
@@ -172,6 +174,34 @@ def adaptation_curves(runs: list[Run]) -> dict[str, tuple[np.ndarray, list[Aggre
     return out
 
 
+def improvement_table(runs: list[Run], out: Path) -> list[Path]:
+    """For every ordered pair of groups evaluated on the same held-out tasks: the probability that
+    a run of the first beats a run of the second on a task (its return averaged over the trial's
+    episodes), with a 95% CI over runs resampled within tasks; written to
+    out/probability_of_improvement.csv. Nothing for fewer than two groups or differing tasks."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for run in runs:
+        if run.adaptation is not None:
+            groups[run.label].append(run.adaptation)
+    results = [r for members in groups.values() for r in members]
+    if len(groups) < 2 or any(r["tasks"] != results[0]["tasks"] for r in results):
+        return []
+    episodes = min(r["episodes"] for r in results)
+    scores = {label: np.stack([np.nanmean(np.array(r["returns"], dtype=float)[:, :episodes], axis=1) for r in members])
+              for label, members in groups.items()}
+    path = out / "probability_of_improvement.csv"
+    out.mkdir(parents=True, exist_ok=True)
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["x", "y", "p_x_beats_y", "ci_low", "ci_high", "runs_x", "runs_y", "tasks"])
+    for a, b in itertools.permutations(sorted(scores), 2):
+        p, (low, high) = probability_of_improvement(scores[a], scores[b])
+        writer.writerow([a, b, f"{p:.3f}", f"{low:.3f}", f"{high:.3f}", len(scores[a]), len(scores[b]),
+                         scores[a].shape[1]])
+    write_text(path, table.getvalue())
+    return [path]
+
+
 def bound(runs: list[Run], which: str = "random") -> np.ndarray | None:
     """Mean return per episode index of the random policy (or the oracle) beside the runs'
     meta-tests."""
@@ -248,6 +278,7 @@ def plot_runs(run_dirs: list[Path], out: Path, protocol: str = "adaptation", pap
                          "episode index within the trial", adaptation, out, "adaptation_curves", bound(runs),
                          references=references, ceiling=bound(runs, "oracle"),
                          resampled="runs, within each held-out task")
+        paths += improvement_table(runs, out)
     if not paths:
         raise ConfigError("nothing to plot: no meta-test in metrics.jsonl and no eval/"
                           f"{protocol}.json in the given runs")

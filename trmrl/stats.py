@@ -71,3 +71,24 @@ def aggregate(scores: np.ndarray, seed: int = 0, n_boot: int = 2000) -> Aggregat
         float(mean(flat)[0]), stratified_bootstrap_ci(scores, mean, rng, n_boot),
         float(iqm(flat)[0]), stratified_bootstrap_ci(scores, iqm, rng, n_boot), int(scores.size),
     )
+
+
+def probability_of_improvement(x: np.ndarray, y: np.ndarray, seed: int = 0, n_boot: int = 2000
+                               ) -> tuple[float, tuple[float, float]]:
+    """P(X > Y) (Agarwal et al. 2021): the probability that a run of algorithm X scores above a run
+    of Y on a task, ties counting half, averaged over tasks; x (runs_x, tasks), y (runs_y, tasks) on
+    the same tasks. With its 95% CI from resampling the runs of each algorithm within each task."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+
+    def statistic(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """a (..., n, tasks), b (..., m, tasks) -> (...,)"""
+        above = (a[..., :, None, :] > b[..., None, :, :]).mean(axis=(-3, -2))
+        ties = (a[..., :, None, :] == b[..., None, :, :]).mean(axis=(-3, -2))
+        return (above + 0.5 * ties).mean(axis=-1)
+
+    rng = np.random.default_rng(seed)
+    tasks = x.shape[1]
+    rx = x[rng.integers(0, len(x), size=(n_boot, len(x), tasks)), np.arange(tasks)]
+    ry = y[rng.integers(0, len(y), size=(n_boot, len(y), tasks)), np.arange(tasks)]
+    low, high = np.quantile(statistic(rx, ry), [0.025, 0.975])
+    return float(statistic(x, y)), (float(low), float(high))
