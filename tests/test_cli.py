@@ -24,7 +24,8 @@ def assert_one_error_line(result, *fragments):
     "args,fragments",
     [
         (["train", "cheetah-speed"], ["unknown preset 'cheetah-speed'", "point-nav"]),
-        (["train", "point-nav", "--model.d-modle", "64"], ["Unrecognized options"]),
+        (["train", "point-nav", "--model.d-modle", "64"], ["unknown option --model.d-modle", "did you mean --model.d-model?"]),
+        (["train", "point-nav", "--seed", "abc"], ["--seed", "abc"]),
         (["train", "point-nav", "--model.n-heads", "5"], ["divisible by model.n_heads"]),
         (["train", "point-nav", "--model.window", "0"], ["model.window must be >= 1"]),
         (["train", "point-nav", "--ppo.decay-epoch-start", "9", "--ppo.decay-epoch-end", "3"], ["decay_epoch_start"]),

@@ -42,6 +42,7 @@ def _parse_config(preset: str, args: Sequence[str]) -> TrainConfig:
     prog = f"trmrl train {preset}"
     if any(a in ("-h", "--help") for a in args):
         return tyro.cli(TrainConfig, default=default, args=args, prog=prog)
+    _check_options(args, prog)
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
@@ -50,6 +51,43 @@ def _parse_config(preset: str, args: Sequence[str]) -> TrainConfig:
         if exc.code in (0, None):
             raise
         raise ConfigError(_one_line(captured.getvalue()) + f" (see {prog} --help)") from None
+
+
+def config_options(cls: type = TrainConfig, prefix: str = "") -> set[str]:
+    """Every command-line option of a config dataclass: --section.field-name, and --no-... for a
+    flag (the spelling tyro gives them)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls, include_extras=True)
+    options: set[str] = set()
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if "Suppress" in repr(hint):
+            continue
+        name = prefix + f.name.replace("_", "-")
+        if dataclasses.is_dataclass(hint):
+            options |= config_options(hint, name + ".")
+            continue
+        head, _, last = name.rpartition(".")
+        options.add(f"--{name}")
+        if hint is bool:
+            options.add(f"--{head + '.' if head else ''}no-{last}")
+    return options
+
+
+def _check_options(args: Sequence[str], prog: str) -> None:
+    """Unknown options are named here, with the nearest known one, rather than read out of tyro's
+    error report."""
+    import difflib
+
+    known = config_options()
+    for arg in args:
+        option = arg.split("=", 1)[0]
+        if option.startswith("--") and option not in known:
+            near = difflib.get_close_matches(option, known, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise ConfigError(f"unknown option {option}{hint}; see {prog} --help")
 
 
 def _algo_argument(args: Sequence[str]) -> str | None:
