@@ -151,13 +151,19 @@ def learning_curves(runs: list[Run], metric: str = "curve") -> dict[str, tuple[n
     return out
 
 
-def adaptation_curves(runs: list[Run]) -> dict[str, tuple[np.ndarray, list[Aggregate], int]]:
-    """Per group and episode index: (runs, tasks) scores, stratified by task when every run was
-    evaluated on the same tasks, else one score (the mean over tasks) per run."""
+def _adaptation_groups(runs: list[Run]) -> dict[str, list[dict]]:
+    """Each group's eval results (runs without one left out)."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for run in runs:
         if run.adaptation is not None:
             groups[run.label].append(run.adaptation)
+    return groups
+
+
+def adaptation_curves(runs: list[Run]) -> dict[str, tuple[np.ndarray, list[Aggregate], int]]:
+    """Per group and episode index: (runs, tasks) scores, stratified by task when every run was
+    evaluated on the same tasks, else one score (the mean over tasks) per run."""
+    groups = _adaptation_groups(runs)
     out = {}
     for label, results in groups.items():
         episodes = min(r["episodes"] for r in results)
@@ -179,10 +185,7 @@ def improvement_table(runs: list[Run], out: Path) -> list[Path]:
     a run of the first beats a run of the second on a task (its return averaged over the trial's
     episodes), with a 95% CI over runs resampled within tasks; written to
     out/probability_of_improvement.csv. Nothing for fewer than two groups or differing tasks."""
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for run in runs:
-        if run.adaptation is not None:
-            groups[run.label].append(run.adaptation)
+    groups = _adaptation_groups(runs)
     results = [r for members in groups.values() for r in members]
     if len(groups) < 2 or any(r["tasks"] != results[0]["tasks"] for r in results):
         return []
