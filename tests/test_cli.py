@@ -1,15 +1,28 @@
 """The command line: one error line and exit 2 for bad input; train and resume end to end."""
 
 import json
+import resource
+import signal
 import subprocess
 import sys
+
+import torch
 
 import pytest
 
 
-def trmrl(*args, cwd=None):
+def trmrl(*args, cwd=None, preexec_fn=None):
     return subprocess.run([sys.executable, "-m", "trmrl.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+                          timeout=300, preexec_fn=preexec_fn)
+
+
+def file_size_limit(limit):
+    """A child whose files cannot grow past `limit` bytes: writes beyond fail with EFBIG, as on a
+    full disk (SIGXFSZ, which would kill it, ignored)."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
 
 
 def assert_one_error_line(result, *fragments):
@@ -68,6 +81,14 @@ def test_train_then_resume_end_to_end(tmp_path):
     assert_one_error_line(trmrl("train", "point-nav", "--total-env-steps", "1", "--run-dir", str(blocker / "run")),
                           str(blocker), "Not a directory")
     assert_one_error_line(trmrl("plot", str(run), "--out", str(blocker)), str(blocker))
+
+    # a write that fails midway (a full disk): one line naming the checkpoint; the last good one
+    # stays and loads, no temporary file is left
+    size = (run / "checkpoint.pt").stat().st_size
+    assert_one_error_line(trmrl("train", "--resume", str(run), "--total-env-steps", "1600", "--no-progress",
+                                preexec_fn=file_size_limit(size // 2)), str(run / "checkpoint.pt"), "File too large")
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 4
+    assert not list(run.glob("*.tmp")) and not list(run.glob(".*.tmp"))
 
     (run / "checkpoint.pt").write_bytes(b"\x00garbage")
     assert_one_error_line(trmrl("train", "--resume", str(run), "--total-env-steps", "2000"), "corrupt checkpoint")

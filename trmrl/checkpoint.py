@@ -10,22 +10,28 @@ from typing import Any
 import torch
 
 from trmrl.errors import CheckpointError
+from trmrl.rundir import writing
 
 FORMAT = 1
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write `state` to `path` atomically: on any failure (a kill, a full disk) the previous
+    checkpoint stays and the temporary file is removed."""
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save({"format": FORMAT, **state}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as exc:
+            Path(tmp).unlink(missing_ok=True)
+            if isinstance(exc, RuntimeError) and isinstance(exc.__context__, OSError):
+                raise exc.__context__ from None  # torch's zip writer wraps a failed write in a RuntimeError
+            raise
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import contextlib
 import io
 import re
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -301,8 +302,16 @@ def plot_command(args: list[str]) -> None:
         print(f"wrote {path}")
 
 
+def _quiet_writer_threads(args: threading.ExceptHookArgs) -> None:
+    """TensorBoard's writer thread re-raises a failed write (a full disk) after handing it to the
+    main thread, which reports it in one line: keep the thread's traceback off the terminal."""
+    if not issubclass(args.exc_type, OSError):
+        threading.__excepthook__(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    threading.excepthook = _quiet_writer_threads
     from trmrl.presets import DEFAULT_PRESET, PRESETS
 
     try:

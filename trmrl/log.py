@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from trmrl.errors import CheckpointError, warn
-from trmrl.rundir import RunDir
+from trmrl.rundir import RunDir, write_text, writing
 
 
 class MetricLogger:
@@ -29,23 +29,27 @@ class MetricLogger:
         if completed_epochs is not None and self.path.exists():
             records = read_metrics(run.root)
             kept = [r for r in records if r["epoch"] < completed_epochs]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
             if len(kept) < len(records):
                 # TensorBoard drops every event at or after purge_step, whatever its tag; a meta-test
                 # is logged at the env steps of the training record before it, so purge only past
                 # the last kept record (at worst a meta-test is then written twice, identically).
                 purge_step = max((r["charts/env_steps"] for r in kept), default=-1) + 1
-        self.writer = SummaryWriter(str(run.tensorboard), purge_step=purge_step)
+        self.tensorboard = run.tensorboard
+        with writing(self.tensorboard):
+            self.writer = SummaryWriter(str(self.tensorboard), purge_step=purge_step)
 
     def log(self, epoch: int, env_steps: int, metrics: dict[str, float]) -> None:
         record = {"epoch": epoch, "charts/env_steps": env_steps, **metrics}
-        with self.path.open("a") as f:
+        with writing(self.path), self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        for key, value in metrics.items():
-            self.writer.add_scalar(key, value, env_steps)
+        with writing(self.tensorboard):
+            for key, value in metrics.items():
+                self.writer.add_scalar(key, value, env_steps)
 
     def close(self) -> None:
-        self.writer.close()
+        with writing(self.tensorboard):
+            self.writer.close()
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -18,6 +18,8 @@ import platform
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -132,11 +134,29 @@ def git_revision() -> str:
     return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Name `path` in a file-system fault raised while writing it: a write() that fails on a full
+    disk raises an OSError without a file name, and the command line reports path and cause."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
+
+
 def write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically: a kill mid-write leaves the previous file (or none)."""
+    """Write `text` to `path` atomically: a kill or a fault mid-write leaves the previous file (or
+    none), and no temporary file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    try:
+        with writing(path):
+            tmp.write_text(text)
+            tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: Path, data: Any) -> None:
