@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from collections import Counter
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from conftest import tiny_config
 
 from trmrl import checkpoint
 from trmrl.errors import CheckpointError, DivergenceError
-from trmrl.log import read_metrics
+from trmrl.log import MetricLogger, read_metrics
 from trmrl.plot import load_run
 from trmrl.rundir import RunDir
 from trmrl.train import train
@@ -114,6 +115,37 @@ def test_a_cut_last_metrics_line_survives_resume_and_plot(tmp_path, capsys):
     RunDir(split).metrics.write_text("\n".join(lines) + "\n")
     with pytest.raises(CheckpointError, match="line 2 is not a JSON record"):
         read_metrics(split)
+
+
+def scalars(run):
+    """TensorBoard's view of a run: {tag: [(step, value), ...]} as its reader resolves purges."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(RunDir(run).tensorboard))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+            if not (tag.startswith("time/") or tag.endswith("sps") or "per_s" in tag)}
+
+
+def test_a_resume_after_a_kill_leaves_tensorboard_as_an_uninterrupted_run(tmp_path):
+    full, split = tmp_path / "full", tmp_path / "split"
+    train(tiny_config(), full)
+    train(tiny_config(), split, max_epochs=2)  # checkpoint after epoch 1 (80 steps per epoch)
+    # killed after logging epoch 2's meta-test (at 160 steps, the step of epoch 1's training
+    # record, which the checkpoint covers) and epoch 2's training record
+    logger = MetricLogger(RunDir(split))
+    for record in read_metrics(full):
+        if record["epoch"] == 2:
+            logger.log(record["epoch"], record["charts/env_steps"], {k: v for k, v in record.items()
+                                                                     if k not in ("epoch", "charts/env_steps")})
+    logger.close()
+    assert [(s, n) for s, n in Counter(s for s, _ in scalars(split)["meta_test/episode_0/return"]).items()] \
+        == [(0, 1), (160, 1)]
+    train(tiny_config(), split, resume=True)
+    after = scalars(split)
+    assert after == scalars(full)  # nothing duplicated, nothing lost
+    assert [s for s, _ in after["meta_test/episode_0/return"]] == [0, 160, 320]
+    assert [s for s, _ in after["losses/policy_loss"]] == [80, 160, 240, 320]
 
 
 def test_a_restart_after_a_kill_before_the_first_checkpoint_leaves_no_stale_records(tmp_path):

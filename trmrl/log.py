@@ -25,27 +25,39 @@ class MetricLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = run.metrics
-        purge_step = None
+        purge_step, rewrite = None, []
         if completed_epochs is not None and self.path.exists():
             records = read_metrics(run.root)
             kept = [r for r in records if r["epoch"] < completed_epochs]
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
             if len(kept) < len(records):
-                # TensorBoard drops every event at or after purge_step, whatever its tag; a meta-test
-                # is logged at the env steps of the training record before it, so purge only past
-                # the last kept record (at worst a meta-test is then written twice, identically).
-                purge_step = max((r["charts/env_steps"] for r in kept), default=-1) + 1
+                # TensorBoard drops every event at or after purge_step, whatever its tag. A meta-test
+                # is logged at the env steps of the training record before it, so purging the first
+                # dropped record's step also drops kept records at that step: write those again.
+                purge_step = min(r["charts/env_steps"] for r in records[len(kept):])
+                rewrite = [r for r in kept if r["charts/env_steps"] >= purge_step]
         self.tensorboard = run.tensorboard
         with writing(self.tensorboard):
             self.writer = SummaryWriter(str(self.tensorboard), purge_step=purge_step)
+            for record in rewrite:
+                self._add_scalars(record)
+
+    def _add_scalars(self, record: dict[str, Any]) -> None:
+        for key, value in record.items():
+            if key not in ("epoch", "charts/env_steps"):
+                self.writer.add_scalar(key, value, record["charts/env_steps"])
 
     def log(self, epoch: int, env_steps: int, metrics: dict[str, float]) -> None:
         record = {"epoch": epoch, "charts/env_steps": env_steps, **metrics}
         with writing(self.path), self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         with writing(self.tensorboard):
-            for key, value in metrics.items():
-                self.writer.add_scalar(key, value, env_steps)
+            self._add_scalars(record)
+
+    def flush(self) -> None:
+        """Write TensorBoard's queued events (before a checkpoint: a kill must not lose what it covers)."""
+        with writing(self.tensorboard):
+            self.writer.flush()
 
     def close(self) -> None:
         with writing(self.tensorboard):

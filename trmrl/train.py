@@ -60,6 +60,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
             metrics = algorithm.train_iteration(tasks, epoch)
             logger.log(epoch, (epoch + 1) * steps, metrics)
             if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == end:
+                logger.flush()
                 checkpoint.save(run.checkpoint, {"epoch": epoch + 1, "env_steps": (epoch + 1) * steps,
                                                  "config": to_dict(config), **algorithm.state_dict()})
             bar.update(steps)
