@@ -86,6 +86,14 @@ def test_rollout_flags_and_episode_returns_with_a_scripted_policy():
     assert partial["charts/episodes"] == 4 and partial["charts/episode_return"] == pytest.approx((2 * up + 2 * right) / 4)
     assert partial["charts/success"] == pytest.approx(1 / 4) and partial["charts/trial_return"] == 0.0
 
+    # actions outside the box, counted per component: 3 of the 48 (12 steps x 2 envs x 2 dims)
+    actions = torch.zeros(12, 2, 2)
+    actions[0, 0, 0], actions[5, 1, 1], actions[7, 0, 1] = 1.5, -1.01, 3.0
+    actions[2, 1, 0] = 1.0  # on the bound: inside
+    clipped = rollout_metrics(dataclasses.replace(rollout, actions=actions), sampler.action_bounds)
+    assert clipped["charts/actions_clipped"] == pytest.approx(3 / 48)
+    assert "charts/actions_clipped" not in rollout_metrics(rollout)
+
 
 def test_random_policy_stays_in_the_action_box():
     policy = RandomPolicy(np.array([-1.0, -2.0]), np.array([1.0, 0.0]))

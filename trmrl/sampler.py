@@ -68,10 +68,11 @@ def _ended(flags: Tensor) -> Tensor:
     return flags.flip(0).cumsum(0).flip(0) > 0
 
 
-def rollout_metrics(rollout: Rollout) -> dict[str, float]:
+def rollout_metrics(rollout: Rollout, action_bounds: tuple[Tensor, Tensor] | None = None) -> dict[str, float]:
     """Mean return of the episodes and trials that ended in this rollout (the steps of one still
-    running when it stopped, e.g. a trial restarted after an early termination, count in neither)
-    and, where the tasks report success, the fraction of those episodes that succeeded at any step."""
+    running when it stopped, e.g. a trial restarted after an early termination, count in neither);
+    where the tasks report success, the fraction of those episodes that succeeded at any step; and,
+    given the action space's (low, high), the fraction of action components outside it."""
     episodes = int(rollout.episode_end.sum())
     trials = int(rollout.trial_end.sum())
     in_episode, in_trial = _ended(rollout.episode_end), _ended(rollout.trial_end)
@@ -84,13 +85,19 @@ def rollout_metrics(rollout: Rollout) -> dict[str, float]:
         ids = episode * rollout.rewards.shape[1] + torch.arange(rollout.rewards.shape[1])
         succeeded = len(torch.unique(ids[rollout.success.bool() & in_episode]))
         metrics["charts/success"] = succeeded / max(episodes, 1)
+    if action_bounds is not None:
+        # The env clips these: every sample beyond a bound acts alike, so a Gaussian mean that has
+        # left the box gets no signal from the returns to come back (a stuck policy shows it).
+        low, high = action_bounds
+        metrics["charts/actions_clipped"] = float(((rollout.actions < low) | (rollout.actions > high)).float().mean())
     return metrics
 
 
-def epoch_metrics(rollout: Rollout, samples: int, sampling: float, update: float) -> dict[str, float]:
-    """Returns of the rollout and the epoch's timing: seconds sampling and updating, env steps/s
-    sampled and update samples/s."""
-    return rollout_metrics(rollout) | {
+def epoch_metrics(rollout: Rollout, samples: int, sampling: float, update: float,
+                  action_bounds: tuple[Tensor, Tensor] | None = None) -> dict[str, float]:
+    """Returns of the rollout (`rollout_metrics`) and the epoch's timing: seconds sampling and
+    updating, env steps/s sampled and update samples/s."""
+    return rollout_metrics(rollout, action_bounds) | {
         "time/sampling": sampling, "time/update": update,
         "charts/sampling_sps": rollout.num_steps / sampling, "charts/update_samples_per_s": samples / update}
 
@@ -229,6 +236,9 @@ class TrialSampler:
         self.steps_per_trial = episodes_per_trial * max_episode_steps
         self.obs_dim = self.envs.observation_space.shape[0]
         self.act_dim = self.envs.action_space.shape[0]
+        space = self.envs.action_space
+        self.action_bounds = (torch.as_tensor(space.low, dtype=torch.float32),
+                              torch.as_tensor(space.high, dtype=torch.float32))
         self.reports_success = distribution.reports_success
 
     def close(self) -> None:

@@ -322,7 +322,7 @@ class MAML:
         before = {f"charts/pre_adaptation_{k.removeprefix('charts/')}": v
                   for k, v in rollout_metrics(rounds[0]).items() if k != "charts/episodes"}
         steps = sum(r.num_steps for r in rounds)
-        return before | rollout_metrics(rounds[-1]) | {
+        return before | rollout_metrics(rounds[-1], self.sampler.action_bounds) | {
             "losses/surrogate_before": step.surrogate_before, "losses/surrogate_after": step.surrogate_after,
             "losses/kl": step.kl, "charts/step_accepted": float(step.accepted),
             "charts/backtracks": float(step.backtracks), "losses/step_norm": step.step_norm,

@@ -205,4 +205,5 @@ class RL2(InMemoryPPO):
         metrics = rl2_update(self.model, self.optimizers.policy, self.optimizers.value, chunks, self.config,
                              torch_generator(seed, Stream.MINIBATCHES, epoch), self.schedules,
                              epoch * self.steps_per_epoch)
-        return metrics | epoch_metrics(rollout, int(chunks.valid.sum()), t1 - t0, time.perf_counter() - t1)
+        return metrics | epoch_metrics(rollout, int(chunks.valid.sum()), t1 - t0, time.perf_counter() - t1,
+                                       self.sampler.action_bounds)

@@ -169,4 +169,4 @@ class TrMRL(InMemoryPPO):
         metrics = ppo_update(self.model, self.optimizers.policy, self.optimizers.value, batch, self.config.ppo,
                              torch_generator(seed, Stream.MINIBATCHES, epoch), self.schedules,
                              epoch * self.steps_per_epoch)
-        return metrics | epoch_metrics(rollout, len(batch), t1 - t0, time.perf_counter() - t1)
+        return metrics | epoch_metrics(rollout, len(batch), t1 - t0, time.perf_counter() - t1, self.sampler.action_bounds)
