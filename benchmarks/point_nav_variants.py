@@ -35,7 +35,7 @@ VARIANTS = {  # name: (goal radius, goal arc in degrees)
     "r2-half": (2.0, 180.0),
     "r2-full": (2.0, 360.0),
 }
-AGENTS = {"W5": [], "W1": ["--model.window", "1"], "W40": ["--model.window", "40"]}
+AGENTS = {"W5": [], "W1": ["--model.window", "1"], **{f"W{w}": ["--model.window", str(w)] for w in (10, 20, 40)}}
 
 
 def run(out: Path, variant: str, agent: str, seed: int, budget: int | None, extra: list[str]) -> Path:
@@ -58,7 +58,10 @@ def load(path: Path, name: str) -> np.ndarray:
 
 
 def seconds_per_epoch(path: Path) -> float:
-    """Median seconds of sampling + update per training epoch of a run."""
+    """Median seconds of sampling + update per training epoch of a run (NaN for a stored record
+    without its metrics)."""
+    if not (path / "metrics.jsonl").is_file():
+        return float("nan")
     records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
     return float(np.median([r["time/sampling"] + r["time/update"] for r in records if "time/update" in r]))
 
@@ -68,12 +71,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--agents", nargs="+", choices=list(AGENTS), default=["W5", "W1"])
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--total-env-steps", type=int, default=None, help="budget per run (default: the preset's)")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("extra", nargs="*", help="more `trmrl train` overrides for every run, after --")
     args = parser.parse_args()
     seeds = range(1, args.seeds + 1)
-    jobs = list(itertools.product(VARIANTS, args.agents, seeds))
+    variants = {name: VARIANTS[name] for name in args.variants}
+    jobs = list(itertools.product(variants, args.agents, seeds))
     with ThreadPoolExecutor(args.jobs) as pool:
         paths = dict(zip(jobs, pool.map(lambda j: run(args.out, *j, args.total_env_steps, args.extra), jobs)))
 
@@ -82,7 +87,7 @@ def main() -> None:
           "| P(W5 beats it) [95% CI] | s / epoch |")
     print("|---|---|---|---|---|---|---|---|")
     curves = {}
-    for variant in VARIANTS:
+    for variant in variants:
         first = paths[(variant, args.agents[0], 1)]
         bounds = {"random": load(first, "adaptation-random")[None], "oracle": load(first, "adaptation-oracle")[None]}
         scores = {agent: np.stack([load(paths[(variant, agent, s)], "adaptation") for s in seeds])
@@ -100,7 +105,8 @@ def main() -> None:
                 p, (low, high) = probability_of_improvement(scores["W5"].mean(axis=2), score.mean(axis=2))
                 improvement = f"{p:.2f} [{low:.2f}, {high:.2f}]"
             if agent in args.agents:
-                timing = f"{np.mean([seconds_per_epoch(paths[(variant, agent, s)]) for s in seeds]):.2f}"
+                seconds = np.mean([seconds_per_epoch(paths[(variant, agent, s)]) for s in seeds])
+                timing = "" if np.isnan(seconds) else f"{seconds:.2f}"
             print(f"| {variant} | {agent} | {' / '.join(f'{s.mean:.2f}' for s in stats)} | {overall.mean:.2f}{ci} "
                   f"| {per_seed} | {gap:.2f} | {improvement} | {timing} |")
 
@@ -109,8 +115,9 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(VARIANTS), figsize=(4 * len(VARIANTS), 3.6), sharey=False)
-    for ax, variant in zip(axes, VARIANTS):
+    fig, axes = plt.subplots(1, len(variants), figsize=(4 * len(variants), 3.6), sharey=False, squeeze=False)
+    axes = axes[0]
+    for ax, variant in zip(axes, variants):
         for agent in (*args.agents, "random", "oracle"):
             stats = curves[(variant, agent)]
             x = np.arange(len(stats))
@@ -119,7 +126,7 @@ def main() -> None:
                     label=agent, color="grey" if bound else None)
             if not bound and args.seeds > 1:
                 ax.fill_between(x, [s.mean_ci[0] for s in stats], [s.mean_ci[1] for s in stats], alpha=0.2)
-        radius, arc = VARIANTS[variant]
+        radius, arc = variants[variant]
         ax.set_title(f"radius {radius:g}, arc {arc:g} deg")
         ax.set_xlabel("episode index within the trial")
         ax.set_xticks(x)
