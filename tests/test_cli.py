@@ -6,9 +6,8 @@ import signal
 import subprocess
 import sys
 
-import torch
-
 import pytest
+import torch
 
 
 def trmrl(*args, cwd=None, preexec_fn=None):
