@@ -16,9 +16,9 @@ FORMAT = 1
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     """Write `state` to `path` atomically: on any failure (a kill, a full disk) the previous
     checkpoint stays and the temporary file is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with writing(path):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:

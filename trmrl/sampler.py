@@ -235,8 +235,8 @@ class TrialSampler:
         self.envs: EnvBatch = InProcessEnvs(make, n_envs) if vector_env == "sync" else SubprocessEnvs(make, n_envs)
         self.steps_per_trial = episodes_per_trial * max_episode_steps
         self.obs_dim = self.envs.observation_space.shape[0]
-        self.act_dim = self.envs.action_space.shape[0]
         space = self.envs.action_space
+        self.act_dim = space.shape[0]
         self.action_bounds = (torch.as_tensor(space.low, dtype=torch.float32),
                               torch.as_tensor(space.high, dtype=torch.float32))
         self.reports_success = distribution.reports_success
