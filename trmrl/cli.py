@@ -221,8 +221,8 @@ def eval_command(args: list[str]) -> None:
                         help="seed of the held-out tasks (default: the run's eval.seed, shared by all its seeds)")
     parser.add_argument("--attention", action="store_true", help="also save and plot attention over one trial")
     parser.add_argument("--exploration-episodes", type=int, default=None,
-                        help="MAML: episodes before each adaptation step (default: the run's "
-                             "maml.eval_exploration_episodes)")
+                        help="MAML: episodes before each adaptation step; PEARL: episodes on the prior "
+                             "before the posterior (default: the run's maml. / pearl.eval_exploration_episodes)")
     ns = parser.parse_args(args)
     for name in ("n_tasks", "episodes"):
         if getattr(ns, name) is not None and getattr(ns, name) < 1:
@@ -232,10 +232,13 @@ def eval_command(args: list[str]) -> None:
         raise ConfigError(f"--attention shows TrMRL's attention; this run's algorithm is '{config.algo}'")
     learner = algorithm.meta_learner()
     if ns.exploration_episodes is not None:
-        if config.algo != "maml" or ns.exploration_episodes < 1:
-            raise ConfigError("--exploration-episodes takes a count >= 1 and applies to MAML runs "
+        if config.algo not in ("maml", "pearl") or ns.exploration_episodes < 1:
+            raise ConfigError("--exploration-episodes takes a count >= 1 and applies to MAML and PEARL runs "
                               f"(this run's algorithm is '{config.algo}')")
-        learner = _replace(learner, config=_replace(config.maml, eval_exploration_episodes=ns.exploration_episodes))
+        if config.algo == "maml":
+            learner = _replace(learner, config=_replace(config.maml, eval_exploration_episodes=ns.exploration_episodes))
+        else:
+            learner = _replace(learner, exploration_episodes=ns.exploration_episodes)
     protocol = resolve_protocol(ns.protocol, config.task.name, n_tasks=ns.n_tasks, episodes=ns.episodes,
                                 deterministic=not ns.sampled)
     seed = config.eval.seed if ns.seed is None else ns.seed

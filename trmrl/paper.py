@@ -35,9 +35,11 @@ LEARNING: dict[tuple[str, str], tuple[Reference, ...]] = {
     ),
     ("cheetah-vel", "rl2"): (Reference("RL2-PPO (Fig. 4)", (4e7,), (-33.0,)),),
     ("cheetah-vel", "maml"): (Reference("MAML-TRPO (Fig. 4)", (5e7,), (-196.0,)),),
+    ("cheetah-vel", "pearl"): (Reference("PEARL (Fig. 4)", (1e6,), (-29.0,)),),
     ("ant-dir", "trmrl"): (Reference("TrMRL (Fig. 4)", (4e6, 8e6, 2e7), (310.0, 680.0, 1090.0)),),
     ("ant-dir", "rl2"): (Reference("RL2-PPO (Fig. 4)", (4e7,), (711.0,)),),
     ("ant-dir", "maml"): (Reference("MAML-TRPO (Fig. 4)", (5e7,), (73.0,)),),
+    ("ant-dir", "pearl"): (Reference("PEARL (Fig. 4)", (3.2e6,), (735.0,)),),
 }
 """(preset, algorithm) -> the paper's learning-curve points (meta-test return) for it."""
 
@@ -47,6 +49,7 @@ LEARNING_SUCCESS: dict[tuple[str, str], tuple[Reference, ...]] = {
     ("ml1-reach", "trmrl"): (Reference("TrMRL, ML1-Reach-v2 (Fig. 4)", (2.2e6, 4.3e6), (0.88, 0.98)),),
     ("ml1-reach", "rl2"): (Reference("RL2-PPO, ML1-Reach-v2 (Fig. 4)", (2e7, 5e7), (0.58, 0.99)),),
     ("ml1-reach", "maml"): (Reference("MAML-TRPO, ML1-Reach-v2 (Fig. 4)", (2.5e7,), (0.98,)),),
+    ("ml1-reach", "pearl"): (Reference("PEARL, ML1-Reach-v2 (Fig. 4)", (4.8e7,), (0.21,)),),
     ("ml1-push", "trmrl"): (Reference("TrMRL, ML1-Push-v2 (Fig. 4)", (1e7, 2e7, 5e7), (0.41, 0.61, 0.78)),),
     ("ml45", "trmrl"): (Reference("TrMRL, ML45 train tasks (Fig. 4)", (1e7, 5e7), (0.27, 0.34)),),
 }
@@ -57,12 +60,17 @@ ADAPTATION: dict[tuple[str, str, str], Reference] = {
     ("cheetah-vel", "adaptation", "trmrl"): Reference("TrMRL (Fig. 5)", (0, 5), (-27.5, -26.8)),
     ("cheetah-vel", "adaptation", "rl2"): Reference("RL2-PPO (Fig. 5)", (0, 5), (-28.0, -28.0)),
     ("cheetah-vel", "adaptation", "maml"): Reference("MAML-TRPO (Fig. 5)", (0, 5), (-167.0, -155.0)),
+    # PEARL: two episodes on the prior, then the posterior (the paper gives episodes 0, 1, then about
+    # one level for 2-5)
+    ("cheetah-vel", "adaptation", "pearl"): Reference("PEARL (Fig. 5)", (0, 1, 2, 5), (-188.0, -187.0, -35.0, -35.0)),
     ("ant-dir", "adaptation", "trmrl"): Reference("TrMRL (Fig. 5)", (0, 5), (1130.0, 1160.0)),
     ("ant-dir", "adaptation", "rl2"): Reference("RL2-PPO (Fig. 5)", (0, 5), (532.0, 595.0)),
     ("ant-dir", "adaptation", "maml"): Reference("MAML-TRPO (Fig. 5)", (0, 5), (184.0, 220.0)),
+    ("ant-dir", "adaptation", "pearl"): Reference("PEARL (Fig. 5)", (0, 1, 2, 5), (161.0, 176.0, 860.0, 860.0)),
     # Fig. 6: HalfCheetahVel with target velocity U[3, 4], 20 tasks x 6 episodes
     ("cheetah-vel", "ood", "trmrl"): Reference("TrMRL (Fig. 6)", (0, 1, 2, 3, 4, 5),
                                                (-100.0, -125.0, -114.0, -99.0, -134.0, -106.0)),
+    ("cheetah-vel", "ood", "pearl"): Reference("PEARL (Fig. 6)", (0, 2, 3, 5), (-370.0, -370.0, -281.0, -290.0)),
 }
 """(preset, evaluation protocol, algorithm) -> the paper's return per episode index."""
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from trmrl.config import EvalConfig, MAMLConfig, ModelConfig, PPOConfig, RL2Config, TaskConfig, TrainConfig
+from trmrl.config import EvalConfig, MAMLConfig, ModelConfig, PEARLConfig, PPOConfig, RL2Config, TaskConfig, TrainConfig
 from trmrl.errors import ConfigError
 
 # Shared by the paper's MuJoCo runs: 4 layers of d_model 128, 16 heads, FFN 512, window 5,
@@ -178,6 +178,65 @@ ALGO_PRESETS |= {
                         PRESETS[name][1].replace(algo="maml", maml=_MAML_METAWORLD,
                                              task={"tasks_per_epoch": 45 if name == "ml45" else 20}))
        for name in ("ml1-reach", "ml1-push", "ml1-pick-place", "ml10", "ml45")},
+}
+
+# PEARL on the same presets (`--algo pearl`): the episode length and evaluation stay the
+# preset's; the rest is the authors' code (oyster: configs/default.py, and per task
+# configs/point-robot.json, cheetah-vel.json, cheetah-dir.json, ant-dir.json): SAC with 3 x 300
+# ReLU networks, an encoder of 3 x 200, latent 5, lr 3e-4, tau 0.005, KL weight 0.1, batch 256,
+# meta-batch 16, information bottleneck on, 5 tasks collecting per iteration. Budgets: where
+# the paper's PEARL curves end (cheetah-vel 1e6, ant-dir 3.2e6; cheetah-dir: oyster's 500
+# iterations); point-nav: 5 iterations after the initial pool (about 20 minutes on one core:
+# PEARL's 1000 gradient steps per 2000 env steps cost far more than the env steps).
+_PEARL = PEARLConfig()
+ALGO_PRESETS |= {
+    ("point-nav", "pearl"): (
+        "oyster's point-robot config (80 tasks, 1000 gradient steps per iteration, reward scale 100)",
+        PRESETS["point-nav"][1].replace(
+            algo="pearl", total_env_steps=26_000, eval={"every_epochs": 1},
+            pearl=dataclasses.replace(_PEARL, n_train_tasks=80, initial_steps=200, prior_steps=200,
+                                      extra_posterior_steps=200, gradient_steps=1000, reward_scale=100.0,
+                                      eval_exploration_episodes=1)),
+    ),
+    ("cheetah-vel", "pearl"): (
+        "oyster's cheetah-vel config (100 tasks, 2000 + 400 prior + 600 posterior steps, context 100)",
+        PRESETS["cheetah-vel"][1].replace(
+            algo="pearl", total_env_steps=1_000_000, checkpoint_every=1,
+            pearl=dataclasses.replace(_PEARL, n_train_tasks=100, initial_steps=2000, prior_steps=400,
+                                      extra_posterior_steps=600, context_batch=100, eval_exploration_episodes=2)),
+    ),
+    ("cheetah-dir", "pearl"): (
+        "oyster's cheetah-dir config (the 2 directions, meta-batch 4, 1000 prior + 1000 posterior steps)",
+        PRESETS["cheetah-dir"][1].replace(
+            algo="pearl", total_env_steps=2 * 2000 + 500 * 5 * 2000, checkpoint_every=1,
+            pearl=dataclasses.replace(_PEARL, n_train_tasks=2, meta_batch=4,
+                                      initial_steps=2000, prior_steps=1000, extra_posterior_steps=1000,
+                                      context_batch=256, eval_exploration_episodes=2)),
+    ),
+    ("ant-dir", "pearl"): (
+        "oyster's ant-dir config (the 2 directions, meta-batch 4, 4000 gradient steps per iteration)",
+        PRESETS["ant-dir"][1].replace(
+            algo="pearl", total_env_steps=3_200_000, checkpoint_every=1,
+            pearl=dataclasses.replace(_PEARL, n_train_tasks=2, meta_batch=4,
+                                      initial_steps=2000, prior_steps=400, extra_posterior_steps=600,
+                                      gradient_steps=4000, context_batch=256, eval_exploration_episodes=2)),
+    ),
+}
+# MetaWorld: garage's PEARL examples (src/garage/examples/torch/pearl_metaworld_ml1_push.py,
+# _ml10.py, _ml45.py): 50 training tasks on ML1 (10 on ML10, 45 on ML45), latent 7, 4000
+# gradient steps per iteration, 4000 initial steps per task, 15 tasks collecting per iteration,
+# 750 prior + 750 posterior steps (here 2 + 2 episodes of 500), context batch 64, reward scale
+# 10; one exploration episode at meta-test (garage's adapt_policy default). Budgets: the
+# TrMRL preset's (the paper's PEARL curve on ML1-Reach ends at 4.8e7).
+_PEARL_METAWORLD = dataclasses.replace(_PEARL, n_train_tasks=50, latent_size=7, gradient_steps=4000,
+                                       initial_steps=4000, tasks_per_iteration=15, prior_steps=750,
+                                       extra_posterior_steps=750, context_batch=64, reward_scale=10.0,
+                                       eval_exploration_episodes=1)
+ALGO_PRESETS |= {
+    (name, "pearl"): ("garage's PEARL MetaWorld examples (latent 7, 4000 gradient steps, reward scale 10)",
+                      PRESETS[name][1].replace(algo="pearl", pearl=dataclasses.replace(
+                          _PEARL_METAWORLD, n_train_tasks={"ml10": 10, "ml45": 45}.get(name, 50))))
+    for name in ("ml1-reach", "ml1-push", "ml1-pick-place", "ml10", "ml45")
 }
 
 DEFAULT_PRESET = "point-nav"

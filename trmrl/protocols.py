@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -21,7 +21,7 @@ from trmrl.tasks.base import Task, TaskDistribution, TaskEnv
 if TYPE_CHECKING:
     from trmrl.sampler import Rollout
 
-__all__ = ["Starts", "Step", "Policy", "MetaLearner", "Algorithm", "Task", "TaskDistribution", "TaskEnv"]
+__all__ = ["Starts", "Step", "Policy", "MetaLearner", "Algorithm", "TaskPool", "Task", "TaskDistribution", "TaskEnv"]
 
 S = TypeVar("S")
 
@@ -96,4 +96,15 @@ class Algorithm(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore `state_dict()` output; a mismatch raises CheckpointError."""
+        ...
+
+
+@runtime_checkable
+class TaskPool(Protocol):
+    """An algorithm that keeps data per training task (PEARL's replay buffers) trains on a fixed
+    pool of tasks and picks each epoch's tasks from it itself; others get fresh draws from the
+    distribution every epoch."""
+
+    def epoch_tasks(self, epoch: int) -> Sequence[Task]:
+        """The tasks that collect data in epoch `epoch` (drawn from (seed, epoch) alone)."""
         ...

@@ -46,6 +46,8 @@ class Rollout:
     cut_values: Tensor  # (B,) V of the input after step T-1 where the rollout stopped inside a
     # trial (the trial goes on: what it bootstraps from); 0 where the trial ended at T-1
     success: Tensor | None = None  # (T, B) bool: the env reported info["success"] after step t
+    next_obs: Tensor | None = None  # (T, B, O) the observation after step t in the same episode
+    # (where the episode ended, its final one): what an off-policy learner stores as s'
 
     @property
     def num_steps(self) -> int:
@@ -263,6 +265,7 @@ class TrialSampler:
         steps = self.steps_per_trial if steps is None else steps
 
         obs = torch.zeros(steps, n, self.obs_dim)
+        next_obs = torch.zeros(steps, n, self.obs_dim)
         actions = torch.zeros(steps, n, self.act_dim)
         log_probs, values, rewards, bootstrap = (torch.zeros(steps, n) for _ in range(4))
         flags = {k: torch.zeros(steps, n, dtype=torch.bool) for k in
@@ -283,6 +286,7 @@ class TrialSampler:
             out = self.envs.step(step.actions.double().numpy())
             current, final, step_rewards = out.next_obs, out.final_obs, out.rewards
             rewards[t] = torch.from_numpy(step_rewards)
+            next_obs[t] = torch.from_numpy(final)
             for key in ("episode_end", "terminated", "trial_end", "success"):
                 flags[key][t] = torch.from_numpy(getattr(out, key))
 
@@ -304,7 +308,7 @@ class TrialSampler:
                 cut_values = torch.where(running, policy.value(torch.from_numpy(current), state, starts), 0.0)
         success = flags.pop("success")
         return Rollout(obs, actions, log_probs, values, rewards, bootstrap_values=bootstrap, cut_values=cut_values,
-                       success=success if self.reports_success else None, **flags)
+                       success=success if self.reports_success else None, next_obs=next_obs, **flags)
 
 
 def _first_trial_episodes(rollout: Rollout, n_episodes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -31,6 +31,9 @@ class Stream(enum.IntEnum):
     TEST_TASKS = 8
     TEST_ENVS = 9
     TEST_ACTIONS = 10
+    POOL_TASKS = 11  # an algorithm's fixed pool of training tasks (PEARL)
+    POOL_ENVS = 12  # ... and the data collected once on all of them before training
+    POOL_ACTIONS = 13
 
 
 def seed_sequence(seed: int, stream: Stream, index: int = 0) -> np.random.SeedSequence:

@@ -15,7 +15,7 @@ from trmrl.config import TrainConfig, from_dict, to_dict
 from trmrl.errors import CheckpointError, ConfigError, DivergenceError
 from trmrl.evaluate import MetaTester, during_training, final_meta_test
 from trmrl.log import MetricLogger
-from trmrl.protocols import Algorithm
+from trmrl.protocols import Algorithm, TaskPool
 from trmrl.rundir import RunDir
 from trmrl.seeding import Stream, numpy_rng
 from trmrl.tasks import make_task_distribution
@@ -42,30 +42,34 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
     tester = MetaTester(distribution, during_training(e.n_tasks, e.episodes, e.deterministic),
                         config.task.max_episode_steps, e.seed, config.task.vector_env)
     end = config.n_epochs if max_epochs is None else min(config.n_epochs, start + max_epochs)
-    steps = config.steps_per_epoch
-    bar = tqdm(total=config.n_epochs * steps, initial=start * steps, unit="step", unit_scale=True,
+    steps_after = config.env_steps_after
+    bar = tqdm(total=steps_after(config.n_epochs), initial=steps_after(start), unit="step", unit_scale=True,
                disable=not config.progress, dynamic_ncols=True, desc=config.preset)
 
     def meta_test(epoch: int) -> None:
         """The during-training protocol on the agent that has seen `epoch` epochs, logged at the
         env steps it had seen (before epoch `epoch` samples)."""
-        logger.log(epoch, epoch * steps, tester.run(algorithm.meta_learner(), index=epoch).metrics())
+        logger.log(epoch, steps_after(epoch), tester.run(algorithm.meta_learner(), index=epoch).metrics())
 
     try:
         for epoch in range(start, end):
             if e.every_epochs and epoch % e.every_epochs == 0:
                 meta_test(epoch)
-            rng = numpy_rng(config.seed, Stream.TRAIN_TASKS, epoch)
-            tasks = distribution.sample(rng, config.task.tasks_per_epoch, "train")
+            if isinstance(algorithm, TaskPool):
+                tasks = algorithm.epoch_tasks(epoch)
+            else:
+                rng = numpy_rng(config.seed, Stream.TRAIN_TASKS, epoch)
+                tasks = distribution.sample(rng, config.task.tasks_per_epoch, "train")
             metrics = algorithm.train_iteration(tasks, epoch)
-            logger.log(epoch, (epoch + 1) * steps, metrics)
+            logger.log(epoch, steps_after(epoch + 1), metrics)
             if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == end:
                 logger.flush()
-                checkpoint.save(run.checkpoint, {"epoch": epoch + 1, "env_steps": (epoch + 1) * steps,
+                checkpoint.save(run.checkpoint, {"epoch": epoch + 1, "env_steps": steps_after(epoch + 1),
                                                  "config": to_dict(config), **algorithm.state_dict()})
-            bar.update(steps)
+            collected = steps_after(epoch + 1) - steps_after(epoch)
+            bar.update(collected)
             elapsed = metrics["time/sampling"] + metrics["time/update"]
-            bar.set_postfix(ret=f"{metrics['charts/episode_return']:.3g}", sps=f"{steps / elapsed:.0f}")
+            bar.set_postfix(ret=f"{metrics['charts/episode_return']:.3g}", sps=f"{collected / elapsed:.0f}")
         if end == config.n_epochs and e.every_epochs:
             meta_test(end)  # the learning curve ends at the budget
     except DivergenceError as exc:

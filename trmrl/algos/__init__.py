@@ -27,6 +27,8 @@ ALGORITHMS: dict[str, tuple[str, str]] = {
             "trmrl.algos.rl2:RL2"),
     "maml": ("MAML-TRPO: MLP policy adapted by policy-gradient steps, meta-trained with TRPO (Finn et al. 2017)",
              "trmrl.algos.maml:MAML"),
+    "pearl": ("PEARL: soft actor-critic on a task posterior from a product-of-Gaussians context encoder (Rakelly et al. 2019)",
+              "trmrl.algos.pearl:PEARL"),
 }
 
 
