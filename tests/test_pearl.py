@@ -3,6 +3,7 @@ term and the soft targets by hand, buffers that keep tasks apart, transitions wi
 s', a meta-test that reads nothing but the test task (garage's bug), resume, and a short
 learning run on point-nav."""
 
+import json
 import math
 
 import numpy as np
@@ -187,6 +188,13 @@ def test_resumed_pearl_run_equals_an_uninterrupted_one(tmp_path):
     a, b = (checkpoint.load(RunDir(tmp_path / d).checkpoint) for d in ("full", "split"))
     assert all(torch.equal(a["model"]["qf"][k], b["model"]["qf"][k]) for k in a["model"]["qf"])
     assert torch.equal(a["replay"]["data"], b["replay"]["data"]) and a["env_steps"] == 40 * 6 + 2 * 2 * 40
+
+    # trmrl eval, with 2 episodes on the prior instead of the run's 1
+    from trmrl.cli import main
+
+    assert main(["eval", str(tmp_path / "full"), "--n-tasks", "2", "--episodes", "3", "--exploration-episodes", "2"]) == 0
+    saved = json.loads((tmp_path / "full" / "eval" / "adaptation-2x3-seed0-explore2.json").read_text())
+    assert np.array(saved["returns"]).shape == (2, 3)
 
 
 def test_pearl_learns_point_nav_above_random(tmp_path):

@@ -193,7 +193,7 @@ ALGO_PRESETS |= {
     ("point-nav", "pearl"): (
         "oyster's point-robot config (80 tasks, 1000 gradient steps per iteration, reward scale 100)",
         PRESETS["point-nav"][1].replace(
-            algo="pearl", total_env_steps=26_000, eval={"every_epochs": 1},
+            algo="pearl", total_env_steps=26_000, eval={"every_epochs": 1}, checkpoint_every=1,
             pearl=dataclasses.replace(_PEARL, n_train_tasks=80, initial_steps=200, prior_steps=200,
                                       extra_posterior_steps=200, gradient_steps=1000, reward_scale=100.0,
                                       eval_exploration_episodes=1)),
@@ -234,7 +234,7 @@ _PEARL_METAWORLD = dataclasses.replace(_PEARL, n_train_tasks=50, latent_size=7, 
                                        eval_exploration_episodes=1)
 ALGO_PRESETS |= {
     (name, "pearl"): ("garage's PEARL MetaWorld examples (latent 7, 4000 gradient steps, reward scale 10)",
-                      PRESETS[name][1].replace(algo="pearl", pearl=dataclasses.replace(
+                      PRESETS[name][1].replace(algo="pearl", checkpoint_every=1, pearl=dataclasses.replace(
                           _PEARL_METAWORLD, n_train_tasks={"ml10": 10, "ml45": 45}.get(name, 50))))
     for name in ("ml1-reach", "ml1-push", "ml1-pick-place", "ml10", "ml45")
 }

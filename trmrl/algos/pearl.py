@@ -27,7 +27,6 @@ C context features (S + A + 1, + S with next_obs_in_context), D buffer row (2 S 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from collections.abc import Sequence
@@ -336,20 +335,6 @@ def distinct_tasks(distribution: TaskDistribution, n: int, rng: np.random.Genera
                       f"{n}; set pearl.n_train_tasks to at most {len(pool)}")
 
 
-@dataclass
-class UpdateStats:
-    qf_loss: float = 0.0
-    vf_loss: float = 0.0
-    policy_loss: float = 0.0
-    kl: float = 0.0
-    z_variance: float = 0.0
-    log_pi: float = 0.0
-
-    def add(self, other: dict[str, Tensor], weight: float) -> None:
-        for name, value in other.items():
-            setattr(self, name, getattr(self, name) + weight * float(value))
-
-
 class PEARL:
     """`Algorithm` and `TaskPool`: the networks, the pool's buffers, the sampler and the SAC step."""
 
@@ -469,7 +454,7 @@ class PEARL:
         ready = ((self.replay.size > 0) & (self.encoder_replay.size > 0)).nonzero()[:, 0]
         tasks = ready[torch.randint(len(ready), (p.meta_batch,), generator=generator)]
         context = layout.context(self.encoder_replay.sample(tasks, p.context_batch, generator))  # (G, Nc, C)
-        s, a, r, s_next, done = (x.reshape(p.meta_batch * p.batch_size, -1).squeeze(-1)
+        s, a, r, s_next, done = (x.flatten(0, 1)  # (G * batch, ...)
                                  for x in layout.split(self.replay.sample(tasks, p.batch_size, generator)))
 
         mean, variance = self.encoder(context)  # (G, Z)
@@ -522,15 +507,16 @@ class PEARL:
         initial = self.collect_initial() if epoch == 0 else []
         priors, posteriors = self.collect([self.pool.index(t) for t in tasks], epoch, generator)
         t1 = time.perf_counter()
-        stats, every = UpdateStats(), max(1, p.gradient_steps // 20)  # losses averaged over 20 steps
-        logged = 0
+        every = max(1, p.gradient_steps // 20)  # losses averaged over 20 of the steps
+        totals: dict[str, float] = {}
         for step in range(p.gradient_steps):
             out = self.gradient_step(generator)
             if step % every == 0:
-                stats.add(out, 1.0)
-                logged += 1
+                for name, value in out.items():
+                    totals[name] = totals.get(name, 0.0) + float(value) / math.ceil(p.gradient_steps / every)
         update = time.perf_counter() - t1
-        losses = {f"losses/{k}": v / logged for k, v in dataclasses.asdict(stats).items() if k not in ("z_variance", "log_pi")}
+        z_variance, log_pi = totals.pop("z_variance"), totals.pop("log_pi")
+        losses = {f"losses/{k}": v for k, v in totals.items()}
         rollouts = priors + posteriors
         steps = sum(r.num_steps for r in initial + rollouts)
         prior_metrics = rollout_metrics(Rollout.concat(priors)) if priors else {}
@@ -538,6 +524,6 @@ class PEARL:
         return {f"charts/prior_{k.removeprefix('charts/')}": v for k, v in prior_metrics.items() if k != "charts/episodes"} \
             | rollout_metrics(posterior, self.sampler.action_bounds) | losses | {
                 "charts/episodes": float(sum(int(r.episode_end.sum()) for r in initial + rollouts)),
-                "charts/z_variance": stats.z_variance / logged, "charts/log_pi": stats.log_pi / logged,
+                "charts/z_variance": z_variance, "charts/log_pi": log_pi,
                 "charts/gradient_steps_per_s": p.gradient_steps / update,
                 "time/sampling": t1 - t0, "time/update": update, "charts/sampling_sps": steps / (t1 - t0)}
