@@ -67,5 +67,6 @@ def test_maml_presets_carry_the_published_settings_on_the_presets_episodes():
         # same budget for the on-policy ones (PEARL's: where the paper's PEARL curves end)
         assert config.algo == algo and config.preset == name
         assert (config.task.name, config.task.max_episode_steps) == (base.task.name, base.task.max_episode_steps)
-        assert dataclasses.replace(config.eval, every_epochs=0) == dataclasses.replace(base.eval, every_epochs=0)
+        assert dataclasses.replace(config.eval, every_epochs=0, episodes=2) == \
+            dataclasses.replace(base.eval, every_epochs=0, episodes=2)
         assert algo == "pearl" or (config.total_env_steps, config.eval) == (base.total_env_steps, base.eval)

@@ -187,7 +187,8 @@ ALGO_PRESETS |= {
 # meta-batch 16, information bottleneck on, 5 tasks collecting per iteration. Budgets: where
 # the paper's PEARL curves end (cheetah-vel 1e6, ant-dir 3.2e6; cheetah-dir: oyster's 500
 # iterations); point-nav: 5 iterations after the initial pool (about 20 minutes on one core:
-# PEARL's 1000 gradient steps per 2000 env steps cost far more than the env steps).
+# PEARL's 1000 gradient steps per 2000 env steps cost far more than the env steps). Where two
+# episodes explore on the prior, the during-training meta-test runs a third, on the posterior.
 _PEARL = PEARLConfig()
 ALGO_PRESETS |= {
     ("point-nav", "pearl"): (
@@ -201,14 +202,14 @@ ALGO_PRESETS |= {
     ("cheetah-vel", "pearl"): (
         "oyster's cheetah-vel config (100 tasks, 2000 + 400 prior + 600 posterior steps, context 100)",
         PRESETS["cheetah-vel"][1].replace(
-            algo="pearl", total_env_steps=1_000_000, checkpoint_every=1,
+            algo="pearl", eval={"episodes": 3}, total_env_steps=1_000_000, checkpoint_every=1,
             pearl=dataclasses.replace(_PEARL, n_train_tasks=100, initial_steps=2000, prior_steps=400,
                                       extra_posterior_steps=600, context_batch=100, eval_exploration_episodes=2)),
     ),
     ("cheetah-dir", "pearl"): (
         "oyster's cheetah-dir config (the 2 directions, meta-batch 4, 1000 prior + 1000 posterior steps)",
         PRESETS["cheetah-dir"][1].replace(
-            algo="pearl", total_env_steps=2 * 2000 + 500 * 5 * 2000, checkpoint_every=1,
+            algo="pearl", eval={"episodes": 3}, total_env_steps=2 * 2000 + 500 * 5 * 2000, checkpoint_every=1,
             pearl=dataclasses.replace(_PEARL, n_train_tasks=2, meta_batch=4,
                                       initial_steps=2000, prior_steps=1000, extra_posterior_steps=1000,
                                       context_batch=256, eval_exploration_episodes=2)),
@@ -216,7 +217,7 @@ ALGO_PRESETS |= {
     ("ant-dir", "pearl"): (
         "oyster's ant-dir config (the 2 directions, meta-batch 4, 4000 gradient steps per iteration)",
         PRESETS["ant-dir"][1].replace(
-            algo="pearl", total_env_steps=3_200_000, checkpoint_every=1,
+            algo="pearl", eval={"episodes": 3}, total_env_steps=3_200_000, checkpoint_every=1,
             pearl=dataclasses.replace(_PEARL, n_train_tasks=2, meta_batch=4,
                                       initial_steps=2000, prior_steps=400, extra_posterior_steps=600,
                                       gradient_steps=4000, context_batch=256, eval_exploration_episodes=2)),
