@@ -6,7 +6,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from trmrl.config import EvalConfig, MAMLConfig, ModelConfig, PEARLConfig, PPOConfig, RL2Config, TaskConfig, TrainConfig
+from trmrl.config import (
+    EvalConfig,
+    MAMLConfig,
+    ModelConfig,
+    PEARLConfig,
+    PPOConfig,
+    RL2Config,
+    TaskConfig,
+    TrainConfig,
+    VariBADConfig,
+)
 from trmrl.errors import ConfigError
 
 # Shared by the paper's MuJoCo runs: 4 layers of d_model 128, 16 heads, FFN 512, window 5,
@@ -238,6 +248,44 @@ ALGO_PRESETS |= {
                       PRESETS[name][1].replace(algo="pearl", checkpoint_every=1, pearl=dataclasses.replace(
                           _PEARL_METAWORLD, n_train_tasks={"ml10": 10, "ml45": 45}.get(name, 50))))
     for name in ("ml1-reach", "ml1-push", "ml1-pick-place", "ml10", "ml45")
+}
+# VariBAD on the same presets (`--algo varibad`): the preset's trials of 2 episodes, budget and
+# evaluation; the rest from the authors' configs (config/mujoco/args_cheetah_vel_varibad.py,
+# _cheetah_dir_, _ant_dir_; config/pointrobot/args_pointrobot_varibad.py for point-nav): 16
+# trials per update, PPO with clip 0.1, lr 7e-4, gamma 0.97, GAE lambda 0.9, entropy 0.01,
+# gradient norm 0.5, 2 epochs x 8 minibatches (cheetah-dir 16 x 4, ant-dir 2 x 1); VAE lr 1e-3,
+# GRU 128, latent 5, KL weight 0.1, 10 trajectories per VAE step, a buffer of 10,000. Departures:
+# the policy and value steps are PPO's two phases (the authors take one joint step with a
+# clipped Huber value loss), ant-dir updates after whole trials (the authors: every 200 steps),
+# no VAE pre-collection (the authors' 5,000 frames).
+_VARIBAD_PPO = dict(gamma=0.97, gae_lambda=0.9, clip_coef=0.1, ent_coef=0.01, policy_lr=7e-4, value_lr=7e-4,
+                    policy_lr_decay=False, value_lr_decay=False, weight_decay=0.0, norm_adv=True, value_loss="mse",
+                    max_grad_norm=0.5, gae_across_episodes=True, bootstrap_truncation=True)
+_VARIBAD_TRIALS = 16 * 2 * 200  # 16 trials of 2 x 200 steps per update
+ALGO_PRESETS |= {
+    ("point-nav", "varibad"): (
+        "the authors' point-robot config (entropy 0.001, gamma 0.99, KL weight 1, 3 VAE steps) on point-nav",
+        PRESETS["point-nav"][1].replace(
+            algo="varibad", task={"tasks_per_epoch": 16},
+            ppo=dict(_VARIBAD_PPO, gamma=0.99, ent_coef=0.001, update_epochs=2, minibatch_size=16 * 40 // 8),
+            varibad=VariBADConfig(kl_weight=1.0, vae_batch=15, vae_updates=3, decoder_prev_state=False,
+                                  decoder_action=False)),
+    ),
+    ("cheetah-vel", "varibad"): (
+        "the authors' cheetah-vel config (16 trials, 2 PPO epochs x 8 minibatches, clip 0.1)",
+        PRESETS["cheetah-vel"][1].replace(algo="varibad", task={"tasks_per_epoch": 16}, varibad=VariBADConfig(),
+                                          ppo=dict(_VARIBAD_PPO, update_epochs=2, minibatch_size=_VARIBAD_TRIALS // 8)),
+    ),
+    ("cheetah-dir", "varibad"): (
+        "the authors' cheetah-dir config (16 PPO epochs x 4 minibatches)",
+        PRESETS["cheetah-dir"][1].replace(algo="varibad", task={"tasks_per_epoch": 16}, varibad=VariBADConfig(),
+                                          ppo=dict(_VARIBAD_PPO, update_epochs=16, minibatch_size=_VARIBAD_TRIALS // 4)),
+    ),
+    ("ant-dir", "varibad"): (
+        "the authors' ant-dir config (2 PPO epochs, one minibatch)",
+        PRESETS["ant-dir"][1].replace(algo="varibad", task={"tasks_per_epoch": 16}, varibad=VariBADConfig(),
+                                      ppo=dict(_VARIBAD_PPO, update_epochs=2, minibatch_size=_VARIBAD_TRIALS)),
+    ),
 }
 
 DEFAULT_PRESET = "point-nav"

@@ -29,6 +29,8 @@ ALGORITHMS: dict[str, tuple[str, str]] = {
              "trmrl.algos.maml:MAML"),
     "pearl": ("PEARL: soft actor-critic on a task posterior from a product-of-Gaussians context encoder (Rakelly et al. 2019)",
               "trmrl.algos.pearl:PEARL"),
+    "varibad": ("VariBAD: PPO on a belief from a recurrent VAE encoder that reconstructs the trial's rewards (Zintgraf et al. 2020)",
+                "trmrl.algos.varibad:VariBAD"),
 }
 
 

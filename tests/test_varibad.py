@@ -1,0 +1,174 @@
+"""VariBAD: the ELBO's KL term against the closed form, the sequence path of the encoder against
+acting step by step, the belief resetting at a trial start, normalisers and buffers restored
+exactly on resume, the decoder fitting the rewards of a fixed task, and a short learning run on
+point-nav."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from trmrl.algos.varibad import (
+    RewardDecoder,
+    RunningMeanStd,
+    Trajectories,
+    TrajectoryBuffer,
+    VariBAD,
+    discounted_running_returns,
+    elbo_loss,
+    gaussian_kl,
+)
+from trmrl.config import EvalConfig, PPOConfig, TaskConfig, TrainConfig, VariBADConfig
+from trmrl.presets import get_preset
+from trmrl.seeding import task_streams
+from trmrl.tasks import make_task_distribution
+from trmrl.train import train
+
+TINY = VariBADConfig(gru_hidden=16, state_embedding=8, action_embedding=4, reward_embedding=4, reward_decoder=(16,),
+                     policy_state_embedding=8, policy_latent_embedding=8, policy_hidden=(16,), vae_buffer=20,
+                     vae_batch=3, subsample_elbos=4, subsample_decodes=5)
+
+
+def tiny_varibad(task="point-nav-xy", **changes):
+    return TrainConfig(preset="point-nav", algo="varibad", seed=3, total_env_steps=3 * 4 * 20,
+                       task=TaskConfig(name=task, episodes_per_trial=2, max_episode_steps=10, tasks_per_epoch=4),
+                       ppo=PPOConfig(update_epochs=2, minibatch_size=16, ent_coef=0.01),
+                       varibad=VariBADConfig(**{**TINY.__dict__, **changes}),
+                       eval=EvalConfig(every_epochs=2, n_tasks=2, episodes=2, final_n_tasks=2, final_episodes=3),
+                       checkpoint_every=1, progress=False)
+
+
+def test_kl_between_diagonal_gaussians_by_hand_and_against_torch():
+    # 1-D: KL(N(1, 1) || N(0, 4)) = 0.5 * (log 4 - 0 - 1 + 1/4 + 1/4) = 0.5 * (log 4 - 0.5)
+    kl = gaussian_kl(torch.tensor([1.0]), torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([math.log(4.0)]))
+    assert math.isclose(float(kl), 0.5 * (math.log(4.0) - 0.5), rel_tol=1e-6)
+    g = torch.Generator().manual_seed(0)
+    mq, lq, mp, lp = (torch.randn(3, 5, generator=g) for _ in range(4))
+    normal = torch.distributions.Normal
+    expected = torch.distributions.kl_divergence(normal(mq, (0.5 * lq).exp()), normal(mp, (0.5 * lp).exp())).sum(-1)
+    assert torch.allclose(gaussian_kl(mq, lq, mp, lp), expected, atol=1e-5)
+
+
+def test_encoder_sequence_path_equals_acting_step_by_step():
+    """The update recomputes the beliefs of a whole rollout at once: the policy's log-probs and
+    values from them equal those recorded while acting, and the belief restarts at a trial start
+    (the prior) whatever came before."""
+    config = tiny_varibad()
+    algo = VariBAD(config, make_task_distribution("point-nav-xy"))
+    algo.inputs_rms.update(torch.randn(50, algo.inputs_rms.mean.shape[0], generator=torch.Generator().manual_seed(1)))
+    tasks = make_task_distribution("point-nav-xy").sample(np.random.default_rng(0), 4, "train")
+    rollout = algo.sampler.collect(algo.policy, tasks, *task_streams(3, 2, 3, 0, range(4)))
+    x = algo.policy.policy_inputs(algo.raw_inputs(rollout))
+    with torch.no_grad():
+        from trmrl.nets.policy import gaussian_log_prob
+
+        log_probs = gaussian_log_prob(algo.model.actor(x), algo.model.log_std, rollout.actions)
+        values = algo.model.critic(x)[..., 0]
+    assert torch.allclose(log_probs, rollout.log_probs, atol=1e-5) and torch.allclose(values, rollout.values, atol=1e-5)
+    # at the trial start the belief is the prior: the same for every env and every history
+    raw = algo.raw_inputs(rollout)
+    assert torch.allclose(raw[0, :, 2:], raw[0, :1, 2:].expand(4, -1))
+    assert not torch.allclose(raw[5, :, 2:], raw[5, :1, 2:].expand(4, -1))
+    # the belief spans the inner episode boundary (step 10): it is not reset there
+    mean, _ = algo.encoder.beliefs(Trajectories.of(rollout, 2, 2).inputs, Trajectories.of(rollout, 2, 2).trial_start)
+    assert not torch.allclose(mean[10], mean[0])
+
+
+def test_running_mean_std_matches_the_batch_statistics():
+    x = torch.randn(1000, 3, generator=torch.Generator().manual_seed(0)) * torch.tensor([1.0, 2.0, 5.0]) + 3.0
+    rms = RunningMeanStd(3)
+    for part in x.split(137):
+        rms.update(part)
+    assert torch.allclose(rms.mean.float(), x.mean(0), atol=1e-4)
+    assert torch.allclose(rms.var.float(), x.var(0, unbiased=False), rtol=1e-3)
+    # discounted returns restart at a trial start
+    r = torch.ones(4, 1)
+    starts = torch.tensor([[True], [False], [True], [False]])
+    assert discounted_running_returns(r, starts, 0.5)[:, 0].tolist() == [1.0, 1.5, 1.0, 1.5]
+
+
+def test_decoder_fits_the_rewards_of_a_fixed_task():
+    """With the encoder's belief of the trial as input, the VAE's reward reconstruction on one
+    fixed cheetah-vel-like task (r = -|v - 1.5| with s' = v) falls by far."""
+    g = torch.Generator().manual_seed(0)
+    config = VariBADConfig(latent_size=3, gru_hidden=16, reward_decoder=(32, 32), subsample_elbos=5,
+                           subsample_decodes=10)
+    from trmrl.algos.varibad import BeliefEncoder
+
+    encoder, decoder = BeliefEncoder(1, 1, config, g), RewardDecoder(1, 1, config, g)
+    steps, n = 30, 8
+    s_next = torch.rand(steps, n, 1, generator=g) * 3
+    rewards = -(s_next[..., 0] - 1.5).abs()
+    actions = torch.rand(steps, n, 1, generator=g) * 2 - 1
+    states = torch.cat([torch.zeros(1, n, 1), s_next[:-1]])
+    inputs = torch.cat([torch.cat([states, torch.zeros(1, n, 1).expand(steps, -1, -1), torch.zeros(steps, n, 1)], -1),
+                        torch.cat([s_next[-1:], actions[-1:], rewards[-1:, :, None]], -1)])
+    batch = Trajectories(inputs, torch.zeros(steps + 1, n, dtype=torch.bool), states, actions, rewards, s_next)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=3e-3)
+    first = float(elbo_loss(encoder, decoder, batch, config, g)[1].detach())
+    for _ in range(300):
+        loss, reconstruction, _ = elbo_loss(encoder, decoder, batch, config, g)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(reconstruction) < 0.05 * first, (first, float(reconstruction))
+
+
+def test_trajectory_buffer_keeps_the_latest_trials():
+    buffer = TrajectoryBuffer(5)
+
+    def trials(first, n):
+        ids = torch.arange(first, first + n, dtype=torch.float32)
+        return Trajectories(ids[None, :, None].expand(3, n, 1), torch.zeros(3, n, dtype=torch.bool),
+                            ids[None, :, None].expand(2, n, 1), torch.zeros(2, n, 1), ids[None].expand(2, n),
+                            torch.zeros(2, n, 1))
+
+    buffer.add(trials(0, 4))
+    buffer.add(trials(4, 4))
+    kept = set(buffer.sample(200, torch.Generator().manual_seed(0)).rewards[0].tolist())
+    assert kept == {3.0, 4.0, 5.0, 6.0, 7.0}
+    restored = TrajectoryBuffer(5)
+    restored.load_state_dict(buffer.state_dict())
+    assert torch.equal(restored.sample(9, torch.Generator().manual_seed(2)).rewards,
+                       buffer.sample(9, torch.Generator().manual_seed(2)).rewards)
+
+
+def test_resumed_varibad_run_equals_an_uninterrupted_one(tmp_path):
+    """Normalisers, optimisers, the VAE buffer and every network come back exactly."""
+    from trmrl import checkpoint
+    from trmrl.rundir import RunDir
+
+    config = tiny_varibad()
+    full = train(config, tmp_path / "full")
+    assert train(config, tmp_path / "split", max_epochs=2) == {}
+    assert train(config, tmp_path / "split", resume=True) == full
+    a, b = (checkpoint.load(RunDir(tmp_path / d).checkpoint) for d in ("full", "split"))
+    for module in ("encoder", "decoder", "model", "inputs_rms", "returns_rms"):
+        assert all(torch.equal(a["model"][module][k], b["model"][module][k]) for k in a["model"][module]), module
+    assert float(a["model"]["returns_rms"]["count"]) > 1 and a["vae_buffer"]["count"] == 12
+    assert torch.equal(a["vae_buffer"]["data"]["rewards"], b["vae_buffer"]["data"]["rewards"])
+
+
+def test_varibad_config_and_presets():
+    from trmrl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="varibad.vae_lr"):
+        VariBADConfig(vae_lr=0.0)
+    c = get_preset("cheetah-vel", "varibad")
+    # the authors' args_cheetah_vel_varibad.py: 16 processes x 400 steps, 2 epochs x 8 minibatches
+    assert (c.task.tasks_per_epoch, c.task.steps_per_trial, c.ppo.update_epochs, c.ppo.minibatch_size) == (16, 400, 2, 800)
+    assert (c.ppo.clip_coef, c.ppo.policy_lr, c.ppo.gamma, c.ppo.gae_lambda, c.ppo.ent_coef, c.ppo.max_grad_norm) == \
+        (0.1, 7e-4, 0.97, 0.9, 0.01, 0.5)
+    v = c.varibad
+    assert (v.latent_size, v.gru_hidden, v.kl_weight, v.vae_batch, v.vae_buffer, v.reward_decoder) == (5, 128, 0.1, 10, 10_000, (64, 32))
+
+
+def test_varibad_learns_point_nav_above_random(tmp_path):
+    """A short run of the point-nav preset: the meta-test return beats a random policy's (about
+    -20.4) by a clear margin."""
+    config = get_preset("point-nav", "varibad").replace(
+        seed=1, progress=False, torch_threads=1, total_env_steps=100_000,
+        eval=EvalConfig(every_epochs=0, final_n_tasks=20, final_episodes=2))
+    summary = train(config, tmp_path / "run")
+    assert np.mean(summary["return_per_episode"]) > np.mean(summary["random_return_per_episode"]) + 4.0, summary
