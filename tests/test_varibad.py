@@ -102,8 +102,9 @@ def test_decoder_fits_the_rewards_of_a_fixed_task():
     rewards = -(s_next[..., 0] - 1.5).abs()
     actions = torch.rand(steps, n, 1, generator=g) * 2 - 1
     states = torch.cat([torch.zeros(1, n, 1), s_next[:-1]])
-    inputs = torch.cat([torch.cat([states, torch.zeros(1, n, 1).expand(steps, -1, -1), torch.zeros(steps, n, 1)], -1),
-                        torch.cat([s_next[-1:], actions[-1:], rewards[-1:, :, None]], -1)])
+    # the encoder's inputs [s_t, a_{t-1}, r_{t-1}, d_{t-1}] at the T + 1 beliefs
+    previous = torch.cat([torch.zeros(1, n, 2), torch.cat([actions, rewards[..., None]], -1)])
+    inputs = torch.cat([torch.cat([states, s_next[-1:]]), previous, torch.zeros(steps + 1, n, 1)], -1)
     batch = Trajectories(inputs, torch.zeros(steps + 1, n, dtype=torch.bool), states, actions, rewards, s_next)
     optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=3e-3)
     first = float(elbo_loss(encoder, decoder, batch, config, g)[1].detach())
@@ -112,7 +113,7 @@ def test_decoder_fits_the_rewards_of_a_fixed_task():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert float(reconstruction) < 0.05 * first, (first, float(reconstruction))
+    assert float(reconstruction.detach()) < 0.05 * first, (first, float(reconstruction.detach()))
 
 
 def test_trajectory_buffer_keeps_the_latest_trials():

@@ -1,6 +1,6 @@
 """VariBAD (Zintgraf et al., ICLR 2020): a policy on a learned belief over the task.
 
-An encoder reads the trial's transitions (s_t, a_{t-1}, r_{t-1}) with a GRU and gives at every
+An encoder reads the trial's inputs (s_t, a_{t-1}, r_{t-1}, d_{t-1}) with a GRU and gives at every
 step a Gaussian belief q(z | tau_{:t}) = N(mean_t, diag(exp(logvar_t))); at a trial start the
 GRU restarts from zero, and its head on the zero state is the prior q_0. It is trained as a VAE:
 for a belief q_t drawn from a trial, a deterministic decoder predicts the trial's rewards, past
@@ -13,15 +13,18 @@ is PPO (the `ppo` section) on (s_t, mean_t, logvar_t), the belief detached: the 
 reach the encoder. The VAE trains from its own buffer of past trials, after every policy update.
 
 Shapes: T steps, B envs (one trial each), N trajectories, S state, A action, Z latent, H GRU
-hidden, X = S + A + 1 encoder input, K ELBO terms, D decoded rewards per term.
+hidden, X = S + A + 2 encoder input (the trial env's observation), K ELBO terms, D decoded rewards
+per term.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +42,15 @@ from trmrl.seeding import Stream, random_rows, task_streams, torch_generator
 from trmrl.tasks import Task, TaskDistribution
 
 
-def seeded(generator: torch.Generator) -> int:
-    """A seed for torch's global stream drawn from `generator`: modules keep PyTorch's default
-    initialisation, made reproducible."""
-    return int(torch.randint(2**62, (1,), generator=generator))
+@contextlib.contextmanager
+def seeded(generator: torch.Generator) -> Iterator[None]:
+    """Build modules with PyTorch's default initialisation, made reproducible: torch's global
+    stream is seeded from `generator` inside and restored after. A task without a state
+    (point-nav) gives empty embedding layers; their warning says nothing useful."""
+    with torch.random.fork_rng(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        yield
 
 
 # ---------------------------------------------------------------- the belief
@@ -55,27 +63,28 @@ def gaussian_kl(mean_q: Tensor, logvar_q: Tensor, mean_p: Tensor, logvar_p: Tens
 
 
 class BeliefEncoder(nn.Module):
-    """(s_t, a_{t-1}, r_{t-1}) -> ReLU embeddings -> GRU cell -> belief (mean, logvar)."""
+    """(s_t, a_{t-1}, r_{t-1}, d_{t-1}) -> ReLU embeddings -> GRU cell -> belief (mean, logvar).
+    The episode-boundary flag d is the trial env's; the authors' states mark a new episode by
+    themselves, but a task whose state is hidden (point-nav) would otherwise not see it."""
 
     def __init__(self, state_dim: int, act_dim: int, config: VariBADConfig, generator: torch.Generator) -> None:
         super().__init__()
         self.state_dim, self.act_dim = state_dim, act_dim
-        with torch.random.fork_rng():
-            torch.manual_seed(seeded(generator))
+        with seeded(generator):
             self.embed_state = nn.Sequential(nn.Linear(state_dim, config.state_embedding), nn.ReLU())
             self.embed_action = nn.Sequential(nn.Linear(act_dim, config.action_embedding), nn.ReLU())
             self.embed_reward = nn.Sequential(nn.Linear(1, config.reward_embedding), nn.ReLU())
-            width = config.state_embedding + config.action_embedding + config.reward_embedding
+            width = config.state_embedding + config.action_embedding + config.reward_embedding + 1
             self.gru = nn.GRUCell(width, config.gru_hidden)
             self.head = nn.Linear(config.gru_hidden, 2 * config.latent_size)
         self.hidden = config.gru_hidden
 
     def step(self, inputs: Tensor, hidden: Tensor, trial_start: Tensor) -> Tensor:
-        """The hidden state after inputs (B, X) = [s, a_{t-1}, r_{t-1}]; zero where a trial starts
-        (there the belief is the prior, whatever a and r say)."""
+        """The hidden state after inputs (B, X) = [s, a_{t-1}, r_{t-1}, d_{t-1}]; zero where a trial
+        starts (there the belief is the prior, whatever a and r say)."""
         s, a = inputs[:, : self.state_dim], inputs[:, self.state_dim : self.state_dim + self.act_dim]
-        r = inputs[:, -1:]
-        x = torch.cat([self.embed_state(s), self.embed_action(a), self.embed_reward(r)], -1)
+        r, d = inputs[:, -2:-1], inputs[:, -1:]
+        x = torch.cat([self.embed_state(s), self.embed_action(a), self.embed_reward(r), d], -1)
         return torch.where(trial_start[:, None], 0.0, self.gru(x, hidden))
 
     def belief(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
@@ -100,8 +109,7 @@ class RewardDecoder(nn.Module):
     def __init__(self, state_dim: int, act_dim: int, config: VariBADConfig, generator: torch.Generator) -> None:
         super().__init__()
         self.prev_state, self.action = config.decoder_prev_state, config.decoder_action
-        with torch.random.fork_rng():
-            torch.manual_seed(seeded(generator))
+        with seeded(generator):
             self.embed_state = nn.Sequential(nn.Linear(state_dim, config.state_embedding), nn.ReLU())
             self.embed_action = nn.Sequential(nn.Linear(act_dim, config.action_embedding), nn.ReLU())
             sizes = [config.latent_size + config.state_embedding * (1 + self.prev_state)
@@ -133,9 +141,8 @@ class Trajectories:
     @classmethod
     def of(cls, rollout: Rollout, state_dim: int, act_dim: int) -> Trajectories:
         assert rollout.next_obs is not None
-        x = state_dim + act_dim + 1
         # the final observation carries the last action and reward: the input of the last belief
-        inputs = torch.cat([rollout.obs[..., :x], rollout.next_obs[-1:, :, :x]])
+        inputs = torch.cat([rollout.obs, rollout.next_obs[-1:]])
         starts = torch.cat([rollout.trial_start, torch.zeros_like(rollout.trial_start[:1])])
         return cls(inputs, starts, rollout.obs[..., :state_dim], rollout.actions, rollout.rewards,
                    rollout.next_obs[..., :state_dim])
@@ -247,8 +254,7 @@ class Head(nn.Module):
     def __init__(self, state_dim: int, out: int, gain: float, config: VariBADConfig, generator: torch.Generator) -> None:
         super().__init__()
         self.state_dim = state_dim
-        with torch.random.fork_rng():
-            torch.manual_seed(seeded(generator))
+        with seeded(generator):
             self.embed_state = nn.Sequential(nn.Linear(state_dim, config.policy_state_embedding), nn.ReLU())
             self.embed_belief = nn.Sequential(nn.Linear(2 * config.latent_size, config.policy_latent_embedding),
                                               nn.ReLU())
@@ -299,7 +305,7 @@ class VariBADPolicy:
 
     def _read(self, inputs: Tensor, hidden: Tensor, starts: Starts) -> tuple[Tensor, Tensor]:
         e = self.encoder
-        hidden = e.step(inputs[:, : e.state_dim + e.act_dim + 1], hidden, starts.trial)
+        hidden = e.step(inputs, hidden, starts.trial)
         return self.policy_inputs(torch.cat([inputs[:, : e.state_dim], *e.belief(hidden)], -1)), hidden
 
     @torch.no_grad()
@@ -380,7 +386,7 @@ class VariBAD:
         over the sequence (what acting computed step by step, tested): (T, B, S + 2 Z)."""
         e = self.encoder
         with torch.no_grad():
-            mean, logvar = e.beliefs(rollout.obs[..., : e.state_dim + e.act_dim + 1], rollout.trial_start)
+            mean, logvar = e.beliefs(rollout.obs, rollout.trial_start)
             return torch.cat([rollout.obs[..., : e.state_dim], mean, logvar], -1)
 
     def normalized_rewards(self, rollout: Rollout) -> Tensor:
@@ -406,10 +412,12 @@ class VariBAD:
         actions, old_log_probs = rollout.actions.flatten(0, 1), rollout.log_probs.flatten()
         model = self.model
 
+        def entropy() -> Tensor:
+            return (model.log_std + 0.5 * math.log(2 * math.pi * math.e)).sum()
+
         def policy_terms(index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
             log_probs = gaussian_log_prob(model.actor(x[index]), model.log_std, actions[index])
-            entropy = (model.log_std + 0.5 * math.log(2 * math.pi * math.e)).sum()
-            return log_probs, old_log_probs[index], advantages[index], entropy
+            return log_probs, old_log_probs[index], advantages[index], entropy()
 
         def value_terms(index: Tensor) -> tuple[Tensor, Tensor]:
             return model.critic(x[index])[:, 0], returns[index]
@@ -422,6 +430,7 @@ class VariBAD:
             model.value_log_std, p, generator, epoch * self.steps_per_epoch)
         metrics["losses/explained_variance"] = ppo.explained_variance(scaled.values.flatten(), returns)
         metrics["charts/action_std"] = float(model.log_std.detach().exp().mean())
+        metrics["losses/entropy"] = float(entropy().detach())
         # after the update, which ran on the statistics the samples were drawn with (ratio 1 at its start)
         self.inputs_rms.update(raw)
 
