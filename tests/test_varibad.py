@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from trmrl.algos.varibad import (
-    RewardDecoder,
+    Decoder,
     RunningMeanStd,
     Trajectories,
     TrajectoryBuffer,
@@ -96,7 +96,7 @@ def test_decoder_fits_the_rewards_of_a_fixed_task():
                            subsample_decodes=10)
     from trmrl.algos.varibad import BeliefEncoder
 
-    encoder, decoder = BeliefEncoder(1, 1, config, g), RewardDecoder(1, 1, config, g)
+    encoder, decoder = BeliefEncoder(1, 1, config, g), Decoder(1, 1, config, g)
     steps, n = 30, 8
     s_next = torch.rand(steps, n, 1, generator=g) * 3
     rewards = -(s_next[..., 0] - 1.5).abs()
@@ -114,6 +114,12 @@ def test_decoder_fits_the_rewards_of_a_fixed_task():
         loss.backward()
         optimizer.step()
     assert float(reconstruction.detach()) < 0.05 * first, (first, float(reconstruction.detach()))
+
+    # the optional state decoder adds its own reconstruction term
+    states_config = VariBADConfig(**{**config.__dict__, "decode_state": True})
+    state_decoder = Decoder(1, 1, states_config, g, "state")
+    with_states = float(elbo_loss(encoder, decoder, batch, states_config, g, state_decoder)[1].detach())
+    assert with_states > float(elbo_loss(encoder, decoder, batch, config, g)[1].detach())
 
 
 def test_trajectory_buffer_keeps_the_latest_trials():
@@ -140,12 +146,12 @@ def test_resumed_varibad_run_equals_an_uninterrupted_one(tmp_path):
     from trmrl import checkpoint
     from trmrl.rundir import RunDir
 
-    config = tiny_varibad()
+    config = tiny_varibad(decode_state=True)
     full = train(config, tmp_path / "full")
     assert train(config, tmp_path / "split", max_epochs=2) == {}
     assert train(config, tmp_path / "split", resume=True) == full
     a, b = (checkpoint.load(RunDir(tmp_path / d).checkpoint) for d in ("full", "split"))
-    for module in ("encoder", "decoder", "model", "inputs_rms", "returns_rms"):
+    for module in ("encoder", "decoder", "state_decoder", "model", "inputs_rms", "returns_rms"):
         assert all(torch.equal(a["model"][module][k], b["model"][module][k]) for k in a["model"][module]), module
     assert float(a["model"]["returns_rms"]["count"]) > 1 and a["vae_buffer"]["count"] == 12
     assert torch.equal(a["vae_buffer"]["data"]["rewards"], b["vae_buffer"]["data"]["rewards"])

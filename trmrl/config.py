@@ -328,6 +328,11 @@ class VariBADConfig:
     """The reward decoder also reads s (not only z and s')."""
     decoder_action: bool = True
     """The reward decoder also reads a."""
+    decode_state: bool = False
+    """Also decode s' from (z, s, a) (the authors' optional state decoder; off in their MuJoCo
+    configs), with the reward decoder's hidden sizes."""
+    state_loss_coeff: float = 1.0
+    """Weight of the state reconstruction in the ELBO."""
     policy_state_embedding: int = 64
     """Policy and critic: ReLU embedding width of the state, before their MLPs."""
     policy_latent_embedding: int = 64

@@ -103,27 +103,34 @@ class BeliefEncoder(nn.Module):
         return self.belief(torch.stack(states))
 
 
-class RewardDecoder(nn.Module):
-    """r_hat(z, s', [s], [a]): ReLU embeddings of the states and the action, then a ReLU MLP."""
+class Decoder(nn.Module):
+    """r_hat(z, s', [s], [a]) (`target` 'reward') or s'_hat(z, s, a) ('state'): ReLU embeddings of
+    the states and the action, then a ReLU MLP."""
 
-    def __init__(self, state_dim: int, act_dim: int, config: VariBADConfig, generator: torch.Generator) -> None:
+    def __init__(self, state_dim: int, act_dim: int, config: VariBADConfig, generator: torch.Generator,
+                 target: str = "reward") -> None:
         super().__init__()
-        self.prev_state, self.action = config.decoder_prev_state, config.decoder_action
+        self.target = target
+        self.next_state = target == "reward"
+        self.prev_state = config.decoder_prev_state or target == "state"
+        self.action = config.decoder_action or target == "state"
         with seeded(generator):
             self.embed_state = nn.Sequential(nn.Linear(state_dim, config.state_embedding), nn.ReLU())
             self.embed_action = nn.Sequential(nn.Linear(act_dim, config.action_embedding), nn.ReLU())
-            sizes = [config.latent_size + config.state_embedding * (1 + self.prev_state)
-                     + config.action_embedding * self.action, *config.reward_decoder, 1]
+            sizes = [config.latent_size + config.state_embedding * (self.next_state + self.prev_state)
+                     + config.action_embedding * self.action, *config.reward_decoder,
+                     1 if target == "reward" else state_dim]
             layers: list[nn.Module] = []
             for i in range(len(sizes) - 1):
                 layers += [nn.Linear(sizes[i], sizes[i + 1]), nn.ReLU()]
             self.net = nn.Sequential(*layers[:-1])
 
     def forward(self, z: Tensor, s: Tensor, a: Tensor, s_next: Tensor) -> Tensor:
-        """Predicted rewards (...) of z (..., Z), s (..., S), a (..., A), s' (..., S)."""
-        parts = [z, self.embed_state(s_next)] + [self.embed_state(s)] * self.prev_state \
+        """Predicted rewards (...) or next states (..., S) of z (..., Z), s, a, s'."""
+        parts = [z] + [self.embed_state(s_next)] * self.next_state + [self.embed_state(s)] * self.prev_state \
             + [self.embed_action(a)] * self.action
-        return self.net(torch.cat(parts, -1))[..., 0]
+        out = self.net(torch.cat(parts, -1))
+        return out[..., 0] if self.target == "reward" else out
 
 
 @dataclass
@@ -148,10 +155,12 @@ class Trajectories:
                    rollout.next_obs[..., :state_dim])
 
 
-def elbo_loss(encoder: BeliefEncoder, decoder: RewardDecoder, batch: Trajectories, config: VariBADConfig,
-              generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-    """(loss, reward reconstruction, KL) of the negative ELBO, summed over the K sampled ELBO
-    terms and their D sampled decodes and averaged over the N trajectories (the authors' sums)."""
+def elbo_loss(encoder: BeliefEncoder, decoder: Decoder, batch: Trajectories, config: VariBADConfig,
+              generator: torch.Generator, state_decoder: Decoder | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """(loss, reconstruction, KL) of the negative ELBO, summed over the K sampled ELBO terms and
+    their D sampled decodes and averaged over the N trajectories (the authors' sums); the
+    reconstruction is the reward's, plus state_loss_coeff times the next state's with a state
+    decoder."""
     mean, logvar = encoder.beliefs(batch.inputs, batch.trial_start)  # (T + 1, N, Z)
     prior = torch.zeros_like(mean[:1])
     kl = gaussian_kl(mean, logvar, torch.cat([prior, mean[:-1]]), torch.cat([prior, logvar[:-1]]))  # (T + 1, N)
@@ -161,9 +170,12 @@ def elbo_loss(encoder: BeliefEncoder, decoder: RewardDecoder, batch: Trajectorie
     column = torch.arange(n)
     z = mean[which, column] + (0.5 * logvar[which, column]).exp() * torch.randn(k, n, mean.shape[-1], generator=generator)
     decoded = torch.randint(steps, (k, d, n), generator=generator)
-    predicted = decoder(z[:, None].expand(k, d, n, -1), batch.states[decoded, column],
-                        batch.actions[decoded, column], batch.next_states[decoded, column])
-    reconstruction = (predicted - batch.rewards[decoded, column]).pow(2).sum((0, 1)).mean()
+    inputs = (z[:, None].expand(k, d, n, -1), batch.states[decoded, column], batch.actions[decoded, column],
+              batch.next_states[decoded, column])
+    reconstruction = (decoder(*inputs) - batch.rewards[decoded, column]).pow(2).sum((0, 1)).mean()
+    if state_decoder is not None:
+        error = (state_decoder(*inputs) - batch.next_states[decoded, column]).pow(2).sum(-1)
+        reconstruction = reconstruction + config.state_loss_coeff * error.sum((0, 1)).mean()
     kl_term = kl[which, column].sum(0).mean()
     return reconstruction + config.kl_weight * kl_term, reconstruction, kl_term
 
@@ -343,7 +355,8 @@ class VariBAD:
         self.state_dim = state_dim = self.sampler.obs_dim - act_dim - 2
         g = torch_generator(config.seed, Stream.INIT)
         self.encoder = BeliefEncoder(state_dim, act_dim, v, g)
-        self.decoder = RewardDecoder(state_dim, act_dim, v, g)
+        self.decoder = Decoder(state_dim, act_dim, v, g)
+        self.state_decoder = Decoder(state_dim, act_dim, v, g, "state") if v.decode_state else None
         self.model = BeliefActorCritic(state_dim, act_dim, v, g)
         self.inputs_rms = RunningMeanStd(state_dim + 2 * v.latent_size)
         self.returns_rms = RunningMeanStd(1)
@@ -352,7 +365,7 @@ class VariBAD:
         self.optimizers = {
             "policy": torch.optim.Adam(self.model.policy_parameters(), lr=p.policy_lr, eps=1e-8),
             "value": torch.optim.Adam(self.model.value_parameters(), lr=p.value_lr, eps=1e-8),
-            "vae": torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=v.vae_lr),
+            "vae": torch.optim.Adam(self.vae_parameters(), lr=v.vae_lr),
         }
         self.buffer = TrajectoryBuffer(v.vae_buffer)
         samples = t.tasks_per_epoch * t.steps_per_trial
@@ -362,9 +375,14 @@ class VariBAD:
     def meta_learner(self) -> InMemoryLearner:
         return InMemoryLearner(self.policy)
 
+    def vae_parameters(self) -> list[nn.Parameter]:
+        decoders = [self.decoder] + ([self.state_decoder] if self.state_decoder is not None else [])
+        return [p for m in (self.encoder, *decoders) for p in m.parameters()]
+
     def _modules(self) -> dict[str, nn.Module]:
-        return {"encoder": self.encoder, "decoder": self.decoder, "model": self.model,
-                "inputs_rms": self.inputs_rms, "returns_rms": self.returns_rms}
+        modules = {"encoder": self.encoder, "decoder": self.decoder, "model": self.model,
+                   "inputs_rms": self.inputs_rms, "returns_rms": self.returns_rms}
+        return modules | ({"state_decoder": self.state_decoder} if self.state_decoder is not None else {})
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": {k: m.state_dict() for k, m in self._modules().items()},
@@ -438,9 +456,8 @@ class VariBAD:
         vae = {"losses/vae": 0.0, "losses/reward_reconstruction": 0.0, "losses/vae_kl": 0.0}
         for _ in range(v.vae_updates):
             loss, reconstruction, kl = elbo_loss(self.encoder, self.decoder, self.buffer.sample(v.vae_batch, generator),
-                                                 v, generator)
-            params = [*self.encoder.parameters(), *self.decoder.parameters()]
-            ppo.gradient_step(loss, self.optimizers["vae"], params, v.vae_max_grad_norm, "VAE")
+                                                 v, generator, self.state_decoder)
+            ppo.gradient_step(loss, self.optimizers["vae"], self.vae_parameters(), v.vae_max_grad_norm, "VAE")
             for key, value in zip(vae, (loss, reconstruction, kl)):
                 vae[key] += float(value.detach()) / v.vae_updates
         update = time.perf_counter() - t1
