@@ -71,7 +71,7 @@ def test_encoder_sequence_path_equals_acting_step_by_step():
     assert torch.allclose(raw[0, :, 2:], raw[0, :1, 2:].expand(4, -1))
     assert not torch.allclose(raw[5, :, 2:], raw[5, :1, 2:].expand(4, -1))
     # the belief spans the inner episode boundary (step 10): it is not reset there
-    mean, _ = algo.encoder.beliefs(Trajectories.of(rollout, 2, 2).inputs, Trajectories.of(rollout, 2, 2).trial_start)
+    mean, _ = algo.encoder.beliefs(Trajectories.of(rollout, 2).inputs, Trajectories.of(rollout, 2).trial_start)
     assert not torch.allclose(mean[10], mean[0])
 
 
@@ -135,6 +135,8 @@ def test_trajectory_buffer_keeps_the_latest_trials():
     buffer.add(trials(4, 4))
     kept = set(buffer.sample(200, torch.Generator().manual_seed(0)).rewards[0].tolist())
     assert kept == {3.0, 4.0, 5.0, 6.0, 7.0}
+    buffer.add(trials(8, 7))  # more than it holds: the last 5 of them
+    assert set(buffer.sample(200, torch.Generator().manual_seed(1)).rewards[0].tolist()) == {10.0, 11.0, 12.0, 13.0, 14.0}
     restored = TrajectoryBuffer(5)
     restored.load_state_dict(buffer.state_dict())
     assert torch.equal(restored.sample(9, torch.Generator().manual_seed(2)).rewards,

@@ -146,7 +146,7 @@ class Trajectories:
     next_states: Tensor  # (T, N, S)
 
     @classmethod
-    def of(cls, rollout: Rollout, state_dim: int, act_dim: int) -> Trajectories:
+    def of(cls, rollout: Rollout, state_dim: int) -> Trajectories:
         assert rollout.next_obs is not None
         # the final observation carries the last action and reward: the input of the last belief
         inputs = torch.cat([rollout.obs, rollout.next_obs[-1:]])
@@ -189,15 +189,14 @@ class TrajectoryBuffer:
         self.count = 0  # trials added so far
 
     def add(self, batch: Trajectories) -> None:
-        n = batch.rewards.shape[1]
+        fields = [f.name for f in dataclasses.fields(Trajectories)]
+        n = min(batch.rewards.shape[1], self.size)
+        parts = {name: getattr(batch, name)[:, -n:] for name in fields}  # more than it keeps: the last ones
         if self.data is None:
-            self.data = Trajectories(**{f.name: getattr(batch, f.name).new_zeros(
-                getattr(batch, f.name).shape[0], self.size, *getattr(batch, f.name).shape[2:])
-                for f in dataclasses.fields(Trajectories)})
+            self.data = Trajectories(**{k: v.new_zeros(v.shape[0], self.size, *v.shape[2:]) for k, v in parts.items()})
         slots = (self.count + torch.arange(n)) % self.size
-        for f in dataclasses.fields(Trajectories):
-            getattr(self.data, f.name)[:, slots] = getattr(batch, f.name)[:, -self.size :] if n > self.size \
-                else getattr(batch, f.name)
+        for name, value in parts.items():
+            getattr(self.data, name)[:, slots] = value
         self.count += n
 
     def sample(self, n: int, generator: torch.Generator) -> Trajectories:
@@ -452,7 +451,7 @@ class VariBAD:
         # after the update, which ran on the statistics the samples were drawn with (ratio 1 at its start)
         self.inputs_rms.update(raw)
 
-        self.buffer.add(Trajectories.of(rollout, self.state_dim, self.sampler.act_dim))
+        self.buffer.add(Trajectories.of(rollout, self.state_dim))
         vae = {"losses/vae": 0.0, "losses/reward_reconstruction": 0.0, "losses/vae_kl": 0.0}
         for _ in range(v.vae_updates):
             loss, reconstruction, kl = elbo_loss(self.encoder, self.decoder, self.buffer.sample(v.vae_batch, generator),
