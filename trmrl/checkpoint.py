@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +46,13 @@ def load(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a trmrl checkpoint (format {FORMAT})")
     return state
+
+
+@contextlib.contextmanager
+def restoring() -> Iterator[None]:
+    """Around loading a saved state into objects built from the run's config: a missing entry or
+    a shape that does not fit becomes one CheckpointError line."""
+    try:
+        yield
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint does not match its config: {str(exc).splitlines()[0]}") from exc

@@ -11,8 +11,8 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from trmrl import checkpoint
 from trmrl.config import PPOConfig
-from trmrl.errors import CheckpointError
 from trmrl.evaluate import InMemoryLearner
 from trmrl.protocols import Policy
 
@@ -48,12 +48,10 @@ class TwoPhaseOptimizers:
                 "value_optimizer": self.value.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        try:
+        with checkpoint.restoring():
             self.model.load_state_dict(state["model"])
             self.policy.load_state_dict(state["policy_optimizer"])
             self.value.load_state_dict(state["value_optimizer"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint does not match its config: {str(exc).splitlines()[0]}") from exc
 
 
 class InMemoryPPO:

@@ -33,9 +33,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from trmrl import ppo
+from trmrl import checkpoint, ppo
 from trmrl.config import MAMLConfig, TrainConfig
-from trmrl.errors import CheckpointError
 from trmrl.nets.policy import gaussian_kl, gaussian_log_prob, mlp
 from trmrl.protocols import Starts, Step
 from trmrl.sampler import Rollout, TrialSampler, rollout_metrics
@@ -284,10 +283,8 @@ class MAML:
         return {"model": self.net.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        try:
+        with checkpoint.restoring():
             self.net.load_state_dict(state["model"])
-        except (KeyError, RuntimeError) as exc:
-            raise CheckpointError(f"checkpoint does not match its config: {str(exc).splitlines()[0]}") from exc
 
     def collect(self, tasks: Sequence[Task], epoch: int) -> tuple[list[Rollout], list[TaskBatch], Params]:
         """Every round of the epoch (episodes of the meta-parameters, then of each adapted set),

@@ -31,9 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trmrl import ppo
+from trmrl import checkpoint, ppo
 from trmrl.config import TrainConfig, VariBADConfig
-from trmrl.errors import CheckpointError
 from trmrl.evaluate import InMemoryLearner
 from trmrl.nets.policy import gaussian_log_prob, mlp
 from trmrl.protocols import Starts, Step
@@ -389,14 +388,12 @@ class VariBAD:
                 "vae_buffer": self.buffer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        try:
+        with checkpoint.restoring():
             for name, module in self._modules().items():
                 module.load_state_dict(state["model"][name])
             for name, optimizer in self.optimizers.items():
                 optimizer.load_state_dict(state["optimizers"][name])
             self.buffer.load_state_dict(state["vae_buffer"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint does not match its config: {str(exc).splitlines()[0]}") from exc
 
     def raw_inputs(self, rollout: Rollout) -> Tensor:
         """(s, belief mean, belief logvar) at every step of the rollout, recomputed in one pass
