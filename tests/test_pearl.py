@@ -155,6 +155,16 @@ def test_exploration_episodes_act_on_the_prior():
     assert (twice.belief[1] < 1.0).all() and twice.context.shape[0] == 20
 
 
+def test_a_non_finite_loss_stops_with_a_divergence_error():
+    from trmrl.errors import DivergenceError
+
+    algo = PEARL(tiny_pearl(), make_task_distribution("point-nav"))
+    algo.collect_initial()
+    algo.replay.data[..., 2] = float("nan")  # every reward of point-nav's rows [a, r, terminated]
+    with pytest.raises(DivergenceError, match="non-finite Q and encoder loss"):
+        algo.gradient_step(torch.Generator().manual_seed(0))
+
+
 def test_pearl_config_and_presets():
     from trmrl.errors import ConfigError
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trmrl import checkpoint
+from trmrl import checkpoint, ppo
 from trmrl.config import TrainConfig
 from trmrl.errors import CheckpointError, ConfigError
 from trmrl.protocols import Starts, Step
@@ -361,9 +361,10 @@ class PEARL:
         self.target_vf = copy.deepcopy(self.vf).requires_grad_(False)
         self.optimizers = {
             "policy": torch.optim.Adam(self.policy.parameters(), lr=p.policy_lr),
-            "qf": torch.optim.Adam(self.qf.parameters(), lr=p.qf_lr),
+            # the twin Q and the encoder step on one loss (Adam is per parameter: the same as two)
+            "critic": torch.optim.Adam([{"params": self.qf.parameters(), "lr": p.qf_lr},
+                                        {"params": self.encoder.parameters(), "lr": p.context_lr}]),
             "vf": torch.optim.Adam(self.vf.parameters(), lr=p.vf_lr),
-            "context": torch.optim.Adam(self.encoder.parameters(), lr=p.context_lr),
         }
         self.replay = TaskBuffers(len(self.pool), self.layout.row_dim, p.replay_size)
         self.encoder_replay = TaskBuffers(len(self.pool), self.layout.row_dim, p.replay_size)
@@ -468,11 +469,7 @@ class PEARL:
             target_v = self.target_vf(torch.cat([s_next, z], -1))[0, :, 0]
             q_target = soft_q_target(r, done, target_v, p.reward_scale, p.discount)
         qf_loss = (q - q_target).pow(2).mean(1).sum()
-        self.optimizers["qf"].zero_grad()
-        self.optimizers["context"].zero_grad()
-        (qf_loss + p.kl_weight * kl).backward()
-        self.optimizers["qf"].step()
-        self.optimizers["context"].step()
+        ppo.gradient_step(qf_loss + p.kl_weight * kl, self.optimizers["critic"], [], None, "Q and encoder")
 
         # V towards min Q - log pi of fresh actions; the policy towards min Q (z fixed for both)
         x = torch.cat([s, z_fixed], -1)
@@ -484,18 +481,14 @@ class PEARL:
         min_q = q_new.min(0).values
         v = self.vf(x)[0, :, 0]
         vf_loss = (v - soft_v_target(q_new, log_pi).detach()).pow(2).mean()
-        self.optimizers["vf"].zero_grad()
-        vf_loss.backward()
-        self.optimizers["vf"].step()
+        ppo.gradient_step(vf_loss, self.optimizers["vf"], [], None, "V")
         with torch.no_grad():
             for target, source in zip(self.target_vf.parameters(), self.vf.parameters()):
                 target.lerp_(source, p.tau)
 
         policy_loss = (log_pi - min_q).mean() + p.policy_mean_reg * pre_mean.pow(2).mean() \
             + p.policy_std_reg * log_std.pow(2).mean()
-        self.optimizers["policy"].zero_grad()
-        policy_loss.backward()
-        self.optimizers["policy"].step()
+        ppo.gradient_step(policy_loss, self.optimizers["policy"], [], None, "policy")
         return {"qf_loss": qf_loss.detach(), "vf_loss": vf_loss.detach(), "policy_loss": policy_loss.detach(),
                 "kl": kl.detach(), "z_variance": variance.detach().mean(), "log_pi": log_pi.detach().mean()}
 
