@@ -155,6 +155,7 @@ class TanhGaussianPolicy(nn.Module):
         mean, log_std = self(x)
         u = mean + log_std.exp() * noise
         action = torch.tanh(u)
+        # log N(u; mean, std) from the noise itself ((u - mean) / std is the noise: no division)
         log_prob = (-0.5 * noise.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
         log_prob = log_prob - torch.log(1 - action.pow(2) + 1e-6).sum(-1)
         return action, log_prob, mean, log_std

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from trmrl import checkpoint, ppo
 from trmrl.config import TrainConfig, VariBADConfig
 from trmrl.evaluate import InMemoryLearner
-from trmrl.nets.policy import gaussian_log_prob, mlp
+from trmrl.nets.policy import gaussian_entropy, gaussian_log_prob, mlp
 from trmrl.protocols import Starts, Step
 from trmrl.sampler import Rollout, TrialSampler, epoch_metrics
 from trmrl.seeding import Stream, random_rows, task_streams, torch_generator
@@ -426,12 +426,9 @@ class VariBAD:
         actions, old_log_probs = rollout.actions.flatten(0, 1), rollout.log_probs.flatten()
         model = self.model
 
-        def entropy() -> Tensor:
-            return (model.log_std + 0.5 * math.log(2 * math.pi * math.e)).sum()
-
         def policy_terms(index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
             log_probs = gaussian_log_prob(model.actor(x[index]), model.log_std, actions[index])
-            return log_probs, old_log_probs[index], advantages[index], entropy()
+            return log_probs, old_log_probs[index], advantages[index], gaussian_entropy(model.log_std)
 
         def value_terms(index: Tensor) -> tuple[Tensor, Tensor]:
             return model.critic(x[index])[:, 0], returns[index]
@@ -444,7 +441,7 @@ class VariBAD:
             model.value_log_std, p, generator, epoch * self.steps_per_epoch)
         metrics["losses/explained_variance"] = ppo.explained_variance(scaled.values.flatten(), returns)
         metrics["charts/action_std"] = float(model.log_std.detach().exp().mean())
-        metrics["losses/entropy"] = float(entropy().detach())
+        metrics["losses/entropy"] = float(gaussian_entropy(model.log_std.detach()))
         # after the update, which ran on the statistics the samples were drawn with (ratio 1 at its start)
         self.inputs_rms.update(raw)
 

@@ -40,6 +40,11 @@ def gaussian_log_prob(mean: Tensor, log_std: Tensor, action: Tensor) -> Tensor:
     return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
+def gaussian_entropy(log_std: Tensor) -> Tensor:
+    """Entropy of a diagonal Gaussian, summed over the last (action) dimension."""
+    return (log_std + 0.5 * math.log(2 * math.pi * math.e)).sum(-1)
+
+
 def gaussian_kl(mean_p: Tensor, log_std_p: Tensor, mean_q: Tensor, log_std_q: Tensor) -> Tensor:
     """KL(p || q) of diagonal Gaussians, summed over the last (action) dimension."""
     var_p, var_q = (2 * log_std_p).exp(), (2 * log_std_q).exp()
@@ -60,7 +65,7 @@ class PolicyOutput:
 
     def entropy(self) -> Tensor:
         """Entropy of the Gaussian (the same for every window): scalar."""
-        return (self.log_std + 0.5 * math.log(2 * math.pi * math.e)).sum()
+        return gaussian_entropy(self.log_std)
 
 
 class ActorCritic(nn.Module):
