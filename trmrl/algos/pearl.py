@@ -202,8 +202,7 @@ class TaskBuffers:
         return self.data[tasks[:, None], rows]
 
     def state_dict(self) -> dict[str, Tensor]:
-        used = int(self.size.max()) if len(self.size) else 0
-        return {"data": self.data[:, :used].clone(), "size": self.size.clone(), "position": self.position.clone()}
+        return {"data": self.data[:, : int(self.size.max())].clone(), "size": self.size.clone(), "position": self.position.clone()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         data = state["data"]
