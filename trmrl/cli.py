@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import re
 import sys
 import threading
@@ -16,14 +17,15 @@ from pathlib import Path
 from typing import TypeVar
 
 from trmrl.config import TrainConfig
-from trmrl.errors import ConfigError, TrmrlError
+from trmrl.errors import CheckpointError, ConfigError, TrmrlError
 from trmrl.rundir import RunDir, read_json
 
 _D = TypeVar("_D")
 
 USAGE = """usage:
   trmrl train [PRESET] [--FIELD VALUE ...]   meta-train, then meta-test (default preset: {default})
-  trmrl train --resume RUN_DIR [--total-env-steps N]
+  trmrl train --resume RUN_DIR [--total-env-steps N] [--device D]
+  trmrl train ... --nproc N                   the same over N processes on this machine (torchrun)
   trmrl eval RUN_DIR|CHECKPOINT [--protocol during-training|adaptation|ood] [--n-tasks N]
              [--episodes K] [--sampled] [--seed S] [--attention]
   trmrl plot RUN_DIR [RUN_DIR ...] [--out DIR] [--no-paper]   learning and adaptation curves over seeds
@@ -155,37 +157,66 @@ def _print_success_by_class(overall: dict, per_class: dict, adaptation_episodes:
               f"{row['success_ci_high']:.2f}]  ({row['n_tasks']} tasks)")
 
 
-def train_command(args: list[str]) -> None:
+def _take_nproc(args: list[str]) -> tuple[int, list[str]]:
+    """(--nproc N, the other arguments)."""
+    for i, arg in enumerate(args):
+        if arg == "--nproc" or arg.startswith("--nproc="):
+            value = arg.split("=", 1)[1] if "=" in arg else (args[i + 1] if i + 1 < len(args) else "")
+            if not value.isdigit() or int(value) < 1:
+                raise ConfigError(f"--nproc takes a number of processes >= 1, not '{value}'")
+            return int(value), args[:i] + args[i + (1 if "=" in arg else 2):]
+    return 1, args
+
+
+def train_command(args: list[str]) -> int:
+    from trmrl import distributed
     from trmrl.train import train
 
+    nproc, args = _take_nproc(args)
     if "--resume" in args:
         parser = _Parser(prog="trmrl train --resume", exit_on_error=False)
         parser.add_argument("--resume", type=Path, required=True, metavar="RUN_DIR")
         parser.add_argument("--total-env-steps", type=int, default=None)
         parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+        parser.add_argument("--device", default=None)
         try:
             ns, others = parser.parse_known_args(args)
         except argparse.ArgumentError as exc:
             raise ConfigError(str(exc)) from None
         if others:
-            raise ConfigError(f"a resumed run keeps its config; only --total-env-steps (to extend it) and "
-                              f"--[no-]progress may change, not {' '.join(others)} (start a new run for that)")
+            raise ConfigError(f"a resumed run keeps its config; only --total-env-steps (to extend it), --device, "
+                              f"--nproc and --[no-]progress may change, not {' '.join(others)} (start a new run for that)")
         config = RunDir(ns.resume).read_config()
-        changes = {k: v for k, v in (("total_env_steps", ns.total_env_steps), ("progress", ns.progress)) if v is not None}
+        changes = {k: v for k, v in (("total_env_steps", ns.total_env_steps), ("progress", ns.progress),
+                                     ("device", ns.device)) if v is not None}
         config = _replace(config, **changes)
-        summary = train(config, ns.resume, resume=True)
-        _print_summary(summary, ns.resume, config.preset, config.algo)
-        return
-    from trmrl.presets import DEFAULT_PRESET
+        run_dir = ns.resume
+        if not RunDir(run_dir).checkpoint.is_file():
+            raise CheckpointError(f"no checkpoint at {RunDir(run_dir).checkpoint}")
+    else:
+        from trmrl.presets import DEFAULT_PRESET
 
-    preset = args[0] if args and not args[0].startswith("-") else DEFAULT_PRESET
-    rest = args[1:] if args and not args[0].startswith("-") else args
-    config = _parse_config(preset, rest)
-    run_dir = config.run_dir or RunDir.default(config).root
-    RunDir(run_dir).check_new()
-    config = _replace(config, run_dir=run_dir, preset=preset)
-    print(f"run directory: {run_dir}")
-    _print_summary(train(config, run_dir), run_dir, preset, config.algo)
+        preset = args[0] if args and not args[0].startswith("-") else DEFAULT_PRESET
+        rest = args[1:] if args and not args[0].startswith("-") else args
+        config = _parse_config(preset, rest)
+        if config.run_dir is None:
+            # the processes `--nproc` launches all take this directory (its time stamp is this one's)
+            args = [*args, "--run-dir", str(RunDir.default(config).root)]
+        run_dir = config.run_dir or Path(args[-1])
+        RunDir(run_dir).check_new()
+        config = _replace(config, run_dir=run_dir, preset=preset)
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return distributed.launch(nproc, ["train", *args], config.torch_threads)
+    with distributed.session(config.device, config.dist_timeout) as world:
+        if world.size > 1 and "--resume" not in args:
+            run_dir = distributed.broadcast(run_dir)  # a torchrun launch: rank 0's default name
+            config = _replace(config, run_dir=run_dir)
+        if world.rank == 0 and "--resume" not in args:
+            print(f"run directory: {run_dir}")
+        summary = train(config, run_dir, resume="--resume" in args)
+        if world.rank == 0:
+            _print_summary(summary, run_dir, config.preset, config.algo)
+    return 0
 
 
 def _replace(obj: _D, **changes: object) -> _D:
@@ -322,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(USAGE.format(default=DEFAULT_PRESET))
             return 0
         if args[0] == "train":
-            train_command(args[1:])
+            return train_command(args[1:])
         elif args[0] == "eval":
             eval_command(args[1:])
         elif args[0] == "plot":
@@ -348,7 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             raise ConfigError(f"unknown command '{args[0]}'; commands: train, eval, plot, presets, algos")
     except TrmrlError as exc:
-        print(f"trmrl: error: {exc}", file=sys.stderr)
+        size = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = f"[process {os.environ.get('RANK', '0')} of {size}] " if size > 1 else ""
+        print(f"trmrl: error: {rank}{exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         if exc.errno is None:

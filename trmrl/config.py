@@ -486,9 +486,16 @@ class TrainConfig:
     checkpoint_every: int = 10
     """Write a checkpoint every this many epochs (and always at the end)."""
     torch_threads: int = 0
-    """Intra-op threads for torch (0: torch's default)."""
+    """Intra-op threads for torch (0: torch's default; `--nproc N` gives each process cores / N)."""
     progress: bool = True
     """Show a progress bar."""
+    device: str = "auto"
+    """Where the model, its update and policy inference run: auto (a GPU if there is one, one per
+    process), cpu, cuda or cuda:K. Simulation runs on the CPU. TrMRL and RL^2 move to a GPU; the
+    other algorithms run on the CPU."""
+    dist_timeout: float = 300.0
+    """Several processes: seconds one waits for the others (to join, at each exchange) before the
+    run stops with an error."""
 
     def __post_init__(self) -> None:
         from trmrl.algos import check_name
@@ -497,6 +504,7 @@ class TrainConfig:
         _require(self.total_env_steps >= 1, "total_env_steps must be >= 1")
         _require(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
         _require(self.torch_threads >= 0, "torch_threads must be >= 0")
+        _require(self.dist_timeout > 0, "dist_timeout must be > 0")
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with `changes`; a section takes a dict of its own changes, e.g.

@@ -24,6 +24,11 @@ class DivergenceError(TrmrlError, FloatingPointError):
     """A loss or an action became NaN/inf; training stops and keeps the last good checkpoint."""
 
 
+class DistributedError(TrmrlError):
+    """A process of a several-process run could not join the others, lost them (one stopped or
+    cannot be reached) or disagrees with them; every process stops, the last checkpoint stays."""
+
+
 def warn(message: str) -> None:
     """Something the run survives but the user should know: one line on stderr."""
     print(f"trmrl: warning: {message}", file=sys.stderr)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from trmrl import distributed
 from trmrl.config import TrainConfig
 from trmrl.errors import ConfigError
 from trmrl.protocols import MetaLearner, Policy, Starts, Step
@@ -232,8 +233,10 @@ class MetaTester:
                 raise ConfigError(f"protocol '{protocol.name}' needs a held-out task list; "
                                   f"{self.distribution.name} has none")
             self.protocol = protocol = dataclasses.replace(protocol, n_tasks=len(self.tasks()))
-        envs = min(protocol.n_tasks, MAX_ENVS)
-        self.sampler = TrialSampler(self.distribution, envs, protocol.episodes, max_episode_steps, vector_env)
+        # tasks stepped together; over several processes each steps its share of them
+        self.batch = min(protocol.n_tasks, MAX_ENVS)
+        self.sampler = TrialSampler(self.distribution, distributed.share_size(self.batch), protocol.episodes,
+                                    max_episode_steps, vector_env)
         self._single = TrialSampler(self.distribution, 1, 1, max_episode_steps)
 
     def close(self) -> None:
@@ -262,10 +265,10 @@ class MetaTester:
         seeds, generators = self.streams(index, range(p.n_tasks))
         if learner.adapts_in_memory:  # type: ignore[union-attr]
             parts = []
-            for start in range(0, len(tasks), len(self.sampler.envs)):
-                batch = slice(start, start + len(self.sampler.envs))
-                rollout = self.sampler.collect(learner.exploration_policy(), tasks[batch], seeds[batch],  # type: ignore[union-attr]
-                                               generators[batch], p.deterministic)
+            for start in range(0, len(tasks), self.batch):
+                batch = slice(start, start + self.batch)
+                rollout = distributed.collect(self.sampler, learner.exploration_policy(), tasks[batch],  # type: ignore[union-attr]
+                                              seeds[batch], generators[batch], p.deterministic)
                 parts.append((episode_returns(rollout, p.episodes), episode_successes(rollout, p.episodes),
                               first_episode_rewards(rollout, self.max_episode_steps)))
             returns, successes, first = (np.concatenate(arrays) for arrays in zip(*parts))
@@ -292,10 +295,11 @@ class MetaTester:
         name = name or self.protocol.name
         space = self.sampler.envs.action_space
         result, random, oracle = self.run(learner), self.run(RandomPolicy(space.low, space.high)), self.oracle()
-        result.write(out_dir, name)
-        random.write(out_dir, f"{name}-random")
-        if oracle is not None:
-            oracle.write(out_dir, f"{name}-oracle")
+        if distributed.is_main():
+            result.write(out_dir, name)
+            random.write(out_dir, f"{name}-random")
+            if oracle is not None:
+                oracle.write(out_dir, f"{name}-oracle")
         return result, random, oracle
 
     def same_as(self, saved: dict[str, Any]) -> bool:

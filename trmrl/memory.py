@@ -29,8 +29,10 @@ class Window:
     pad_value: float = 0.0
 
     @classmethod
-    def empty(cls, batch: int, window: int, dim: int, pad_value: float = 0.0) -> Window:
-        return cls(torch.full((batch, window, dim), pad_value), torch.zeros(batch, dtype=torch.long), pad_value)
+    def empty(cls, batch: int, window: int, dim: int, pad_value: float = 0.0,
+              device: torch.device | None = None) -> Window:
+        return cls(torch.full((batch, window, dim), pad_value, device=device),
+                   torch.zeros(batch, dtype=torch.long, device=device), pad_value)
 
     @property
     def window(self) -> int:

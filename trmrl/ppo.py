@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from trmrl import distributed
 from trmrl.config import PPOConfig
 from trmrl.errors import DivergenceError
 from trmrl.sampler import Rollout
@@ -117,33 +118,60 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def clipped_surrogate(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, clip_coef: float) -> Tensor:
-    """-mean min(rho A, clip(rho, 1-eps, 1+eps) A), rho = pi / pi_old; inputs (N,)."""
+def _mean(x: Tensor, total: float | None) -> Tensor:
+    """The mean of x, or, given `total`, its sum over `total` rows (this process's share of the
+    mean over a minibatch that several processes split)."""
+    return x.mean() if total is None else x.sum() / total
+
+
+def clipped_surrogate(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, clip_coef: float,
+                      total: float | None = None) -> Tensor:
+    """-mean min(rho A, clip(rho, 1-eps, 1+eps) A), rho = pi / pi_old; inputs (N,) (`_mean`)."""
     ratio = (log_probs - old_log_probs).exp()
     clipped = ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef)
-    return -torch.minimum(ratio * advantages, clipped * advantages).mean()
+    return -_mean(torch.minimum(ratio * advantages, clipped * advantages), total)
 
 
-def value_loss(predicted: Tensor, returns: Tensor, log_std: Tensor, kind: str) -> Tensor:
-    """'nll': -mean log N(R; V, sigma^2) with learned sigma = exp(log_std); 'mse': mean (V-R)^2 / 2."""
+def value_loss(predicted: Tensor, returns: Tensor, log_std: Tensor, kind: str, total: float | None = None) -> Tensor:
+    """'nll': -mean log N(R; V, sigma^2) with learned sigma = exp(log_std); 'mse': mean (V-R)^2 / 2
+    (`_mean`)."""
     if kind == "mse":
-        return 0.5 * (predicted - returns).pow(2).mean()
+        return 0.5 * _mean((predicted - returns).pow(2), total)
     z = (returns - predicted) / log_std.exp()
-    return (0.5 * z.pow(2) + log_std + 0.5 * torch.log(torch.tensor(2 * torch.pi))).mean()
+    return _mean(0.5 * z.pow(2) + log_std + 0.5 * torch.log(torch.tensor(2 * torch.pi)), total)
 
 
 def gradient_step(
-    loss: Tensor, optimizer: torch.optim.Optimizer, params: Sequence[Tensor], max_grad_norm: float | None, what: str
-) -> None:
+    loss: Tensor | None, optimizer: torch.optim.Optimizer, params: Sequence[Tensor], max_grad_norm: float | None,
+    what: str, extras: Tensor | None = None, data_parallel: bool = False,
+) -> Tensor:
     """One optimiser step on `loss`; a non-finite loss is a DivergenceError (the run keeps its
-    last good checkpoint) rather than a silent NaN in the weights."""
-    if not torch.isfinite(loss):
-        raise DivergenceError(f"non-finite {what} loss ({loss.item()})")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    last good checkpoint) rather than a silent NaN in the weights. Returns [loss, *extras].
+
+    `data_parallel`: `loss` is this process's share of a minibatch's loss (None: it holds no row
+    of it); the gradients, the loss and `extras` are summed over the processes in one all-reduce
+    before clipping, so every process steps on the whole minibatch's gradient and all of them
+    stop alike on a non-finite loss. The returned numbers are the sums."""
+    numbers = torch.zeros(1) if loss is None else loss.detach().reshape(1).cpu()
+    if extras is not None:
+        numbers = torch.cat([numbers, extras.detach().reshape(-1).cpu()])
+    if not data_parallel:
+        assert loss is not None
+        if not torch.isfinite(loss):
+            raise DivergenceError(f"non-finite {what} loss ({loss.item()})")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+        if loss is not None:
+            loss.backward()
+        numbers = distributed.sum_gradients(params, numbers)
+        if not torch.isfinite(numbers[0]):
+            raise DivergenceError(f"non-finite {what} loss ({numbers[0].item()}) in a process of the run")
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     optimizer.step()
+    return numbers
 
 
 def explained_variance(predicted: Tensor, returns: Tensor) -> float:
@@ -194,6 +222,7 @@ def ppo_update(
     `losses/...` and `charts/..._lr` metrics."""
     stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "approx_kl": [], "clipfrac": []}
     rates: dict[str, float] = {}
+    parallel = distributed.world().size > 1
     for name, (phase, terms) in (("policy", policy), ("value", value)):
         step = first_step
         for _ in range(config.update_epochs):
@@ -201,6 +230,10 @@ def ppo_update(
                 rates[f"charts/{name}_lr"] = phase.schedule(step)
                 set_lr(phase.optimizer, rates[f"charts/{name}_lr"])
                 step += 1
+                if parallel:
+                    _data_parallel_step(name, phase, terms, distributed.minibatch_share(index), value_log_std, config,
+                                        stats)
+                    continue
                 if name == "value":
                     predicted, returns = terms(index)  # type: ignore[misc]
                     loss = value_loss(predicted, returns, value_log_std, config.value_loss)
@@ -219,3 +252,46 @@ def ppo_update(
                     stats["clipfrac"].append(((log_ratio.exp() - 1).abs() > config.clip_coef).float().mean().item())
                     stats["policy_loss"].append(loss.item())
     return {f"losses/{k}": sum(v) / len(v) for k, v in stats.items()} | rates
+
+
+def _data_parallel_step(
+    name: str, phase: Phase, terms: PolicyTerms | ValueTerms, rows: Tensor, value_log_std: Tensor,
+    config: PPOConfig, stats: dict[str, list[float]],
+) -> None:
+    """This process's part of one minibatch step when several split it (`trmrl.distributed`):
+    the loss over its `rows`, a share of the whole minibatch's loss (its sum over the
+    minibatch's count of samples; advantages normalised with the whole minibatch's mean and
+    std), then the gradients summed over the processes. Appends the minibatch's statistics."""
+    out = terms(rows) if len(rows) else None
+    if name == "value":
+        predicted, returns = out if out is not None else (None, None)  # type: ignore[misc]
+        n = float(distributed.all_sum(torch.tensor([0.0 if predicted is None else len(predicted)]))[0])
+        loss = None if predicted is None else value_loss(predicted, returns, value_log_std, config.value_loss, total=n)
+        summed = gradient_step(loss, phase.optimizer, phase.params, config.max_grad_norm, "value", data_parallel=True)
+        stats["value_loss"].append(float(summed[0]))
+        return
+    log_probs, old_log_probs, advantages, entropy = out if out is not None else (None, None, None, None)  # type: ignore[misc]
+    local = torch.zeros(3, dtype=torch.float64)
+    if advantages is not None:
+        a = advantages.detach().double()
+        local = torch.stack([torch.tensor(float(len(a)), dtype=torch.float64), a.sum().cpu(), a.pow(2).sum().cpu()])
+    n, total, squares = distributed.all_sum(local).tolist()
+    if advantages is None:
+        summed = gradient_step(None, phase.optimizer, phase.params, config.max_grad_norm, "policy",
+                               torch.zeros(2), data_parallel=True)
+    else:
+        if config.norm_adv and n > 1:
+            mean = total / n
+            std = max(squares - n * mean * mean, 0.0) ** 0.5 / (n - 1) ** 0.5
+            advantages = (advantages - mean) / (std + 1e-8)
+        loss = clipped_surrogate(log_probs, old_log_probs, advantages, config.clip_coef, total=n)
+        loss = loss - config.ent_coef * entropy * (len(advantages) / n)  # entropy: a mean over the rows
+        with torch.no_grad():
+            log_ratio = log_probs - old_log_probs
+            extras = torch.stack([((log_ratio.exp() - 1) - log_ratio).sum() / n,
+                                  ((log_ratio.exp() - 1).abs() > config.clip_coef).float().sum() / n])
+        summed = gradient_step(loss, phase.optimizer, phase.params, config.max_grad_norm, "policy", extras,
+                               data_parallel=True)
+    stats["policy_loss"].append(float(summed[0]))
+    stats["approx_kl"].append(float(summed[1]))
+    stats["clipfrac"].append(float(summed[2]))

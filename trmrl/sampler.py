@@ -53,6 +53,11 @@ class Rollout:
     def num_steps(self) -> int:
         return self.rewards.numel()
 
+    def to(self, device: torch.device) -> Rollout:
+        """The rollout on `device` (one copy per tensor; itself where it already is)."""
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device)
+                                            for f in dataclasses.fields(self) if getattr(self, f.name) is not None})
+
     @classmethod
     def concat(cls, rollouts: Sequence[Rollout]) -> Rollout:
         """Rollouts of equal length side by side: B is the sum of theirs."""
@@ -271,19 +276,24 @@ class TrialSampler:
         flags = {k: torch.zeros(steps, n, dtype=torch.bool) for k in
                  ("episode_start", "trial_start", "episode_end", "terminated", "trial_end", "success")}
 
+        # The policy acts where its model lives (`trmrl.distributed.device`); the envs and the
+        # rollout stay on the CPU: one copy of the B inputs there and of the B actions back per step.
+        device = getattr(policy, "device", torch.device("cpu"))
+        on_device = lambda s: Starts(s.episode.to(device), s.trial.to(device))  # noqa: E731
         current = self.envs.reset(tasks, env_seeds)
         starts = Starts(episode=torch.ones(n, dtype=torch.bool), trial=torch.ones(n, dtype=torch.bool))
         state = policy.initial_state(n)
-        no_start = Starts(episode=torch.zeros(n, dtype=torch.bool), trial=torch.zeros(n, dtype=torch.bool))
+        no_start = on_device(Starts(episode=torch.zeros(n, dtype=torch.bool), trial=torch.zeros(n, dtype=torch.bool)))
         for t in range(steps):
             x = torch.from_numpy(current)
-            step, state = policy.act(x, state, starts, generators, deterministic)
-            if not torch.isfinite(step.actions).all():
+            step, state = policy.act(x.to(device), state, on_device(starts), generators, deterministic)
+            step_actions = step.actions.cpu()
+            if not torch.isfinite(step_actions).all():
                 raise DivergenceError("the policy produced a non-finite action")
-            obs[t], actions[t], log_probs[t], values[t] = x, step.actions, step.log_probs, step.values
+            obs[t], actions[t], log_probs[t], values[t] = x, step_actions, step.log_probs, step.values
             flags["episode_start"][t], flags["trial_start"][t] = starts.episode, starts.trial
 
-            out = self.envs.step(step.actions.double().numpy())
+            out = self.envs.step(step_actions.double().numpy())
             current, final, step_rewards = out.next_obs, out.final_obs, out.rewards
             rewards[t] = torch.from_numpy(step_rewards)
             next_obs[t] = torch.from_numpy(final)
@@ -295,7 +305,7 @@ class TrialSampler:
             truncated = flags["episode_end"][t] & ~flags["terminated"][t]
             if truncated.any():
                 with torch.no_grad():
-                    v_final = policy.value(torch.from_numpy(final), state, no_start)
+                    v_final = policy.value(torch.from_numpy(final).to(device), state, no_start).cpu()
                 bootstrap[t] = torch.where(truncated, v_final, 0.0)
             starts = Starts(episode=flags["episode_end"][t].clone(), trial=flags["trial_end"][t].clone())
 
@@ -305,7 +315,8 @@ class TrialSampler:
         cut_values = torch.zeros(n)
         if running.any():
             with torch.no_grad():
-                cut_values = torch.where(running, policy.value(torch.from_numpy(current), state, starts), 0.0)
+                cut_values = torch.where(running, policy.value(torch.from_numpy(current).to(device), state,
+                                                               on_device(starts)).cpu(), 0.0)
         success = flags.pop("success")
         return Rollout(obs, actions, log_probs, values, rewards, bootstrap_values=bootstrap, cut_values=cut_values,
                        success=success if self.reports_success else None, next_obs=next_obs, **flags)

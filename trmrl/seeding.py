@@ -74,8 +74,11 @@ def task_streams(
 
 
 def random_rows(
-    generators: Sequence[torch.Generator], shape: tuple[int, ...], draw: Callable[..., torch.Tensor] = torch.randn
+    generators: Sequence[torch.Generator], shape: tuple[int, ...], draw: Callable[..., torch.Tensor] = torch.randn,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
     """(B, *shape) random numbers, row b drawn from generators[b] (`draw` is torch.randn or
-    torch.rand), so each env's actions depend on its own stream only."""
-    return torch.stack([draw(shape, generator=g) for g in generators])
+    torch.rand), so each env's actions depend on its own stream only. Drawn on the CPU (the same
+    numbers on every machine) and moved to `device` in one copy."""
+    rows = torch.stack([draw(shape, generator=g) for g in generators])
+    return rows if device is None else rows.to(device)

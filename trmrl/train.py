@@ -1,5 +1,9 @@
 """Meta-training, the same loop for every algorithm: sample training tasks -> one iteration of
-the algorithm (collect, build its batch, update) -> log -> meta-test -> checkpoint."""
+the algorithm (collect, build its batch, update) -> log -> meta-test -> checkpoint.
+
+In a run of several processes (`trmrl.distributed`) every process runs this loop on the same
+tasks; the algorithm splits the collection and the update between them, and rank 0 alone logs,
+shows progress and writes checkpoints."""
 
 from __future__ import annotations
 
@@ -9,10 +13,10 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from trmrl import checkpoint
+from trmrl import checkpoint, distributed
 from trmrl.algos import make_algorithm
 from trmrl.config import TrainConfig, from_dict, to_dict
-from trmrl.errors import CheckpointError, ConfigError, DivergenceError
+from trmrl.errors import CheckpointError, ConfigError, DistributedError, DivergenceError
 from trmrl.evaluate import MetaTester, during_training, final_meta_test
 from trmrl.log import MetricLogger
 from trmrl.protocols import Algorithm, TaskPool
@@ -27,30 +31,38 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     run = RunDir(run_dir)
+    main = distributed.is_main()
     distribution = make_task_distribution(config.task.name, **config.task_options())
     algorithm = make_algorithm(config, distribution)
+    check_data_parallel(config, algorithm)
     start = 0
     if resume:
         state = checkpoint.load(run.checkpoint)
         algorithm.load_state_dict(state)
         start = int(state["epoch"])
-        run.remove_partial_checkpoints()
-    else:
+        if main:
+            run.remove_partial_checkpoints()
+    elif main:
         run.create(config)
-    logger = MetricLogger(run, completed_epochs=start if resume else None)
+    # the same seed (or checkpoint) gives every process the same start: checked, not assumed
+    distributed.check_identical(algorithm.state_dict(), "parameters or optimiser states")
+    logger = MetricLogger(run, completed_epochs=start if resume else None) if main else None
     e = config.eval
     tester = MetaTester(distribution, during_training(e.n_tasks, e.episodes, e.deterministic),
                         config.task.max_episode_steps, e.seed, config.task.vector_env)
     end = config.n_epochs if max_epochs is None else min(config.n_epochs, start + max_epochs)
     steps_after = config.env_steps_after
     bar = tqdm(total=steps_after(config.n_epochs), initial=steps_after(start), unit="step", unit_scale=True,
-               disable=not config.progress, dynamic_ncols=True, desc=config.preset)
+               disable=not (config.progress and main), dynamic_ncols=True, desc=config.preset)
 
     def meta_test(epoch: int) -> None:
         """The during-training protocol on the agent that has seen `epoch` epochs, logged at the
         env steps it had seen (before epoch `epoch` samples)."""
-        logger.log(epoch, steps_after(epoch), tester.run(algorithm.meta_learner(), index=epoch).metrics())
+        metrics = tester.run(algorithm.meta_learner(), index=epoch).metrics()
+        if logger:
+            logger.log(epoch, steps_after(epoch), metrics)
 
+    epoch = start
     try:
         for epoch in range(start, end):
             if e.every_epochs and epoch % e.every_epochs == 0:
@@ -61,27 +73,58 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
                 rng = numpy_rng(config.seed, Stream.TRAIN_TASKS, epoch)
                 tasks = distribution.sample(rng, config.task.tasks_per_epoch, "train")
             metrics = algorithm.train_iteration(tasks, epoch)
-            logger.log(epoch, steps_after(epoch + 1), metrics)
+            if distributed.world().size > 1:
+                metrics["time/communication"] = distributed.communication_seconds()
+            if logger:
+                logger.log(epoch, steps_after(epoch + 1), metrics)
             if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == end:
-                logger.flush()
-                checkpoint.save(run.checkpoint, {"epoch": epoch + 1, "env_steps": steps_after(epoch + 1),
-                                                 "config": to_dict(config), **algorithm.state_dict()})
+                state = algorithm.state_dict()
+                distributed.check_identical(state, "parameters or optimiser states")
+                if logger:
+                    logger.flush()
+                    checkpoint.save(run.checkpoint, {"epoch": epoch + 1, "env_steps": steps_after(epoch + 1),
+                                                     "config": to_dict(config), **state})
             collected = steps_after(epoch + 1) - steps_after(epoch)
             bar.update(collected)
             elapsed = metrics["time/sampling"] + metrics["time/update"]
             bar.set_postfix(ret=f"{metrics['charts/episode_return']:.3g}", sps=f"{collected / elapsed:.0f}")
         if end == config.n_epochs and e.every_epochs:
             meta_test(end)  # the learning curve ends at the budget
-    except DivergenceError as exc:
+    except (DivergenceError, DistributedError) as exc:
         kept = f"last good checkpoint kept at {run.checkpoint}" if run.checkpoint.exists() else "no checkpoint was written yet"
-        raise DivergenceError(f"training stopped at epoch {epoch}: {exc}; {kept}") from exc
+        raise type(exc)(f"training stopped at epoch {epoch}: {exc}; {kept}") from exc
     finally:
         bar.close()
-        logger.close()
+        if logger:
+            logger.close()
         tester.close()
     if end < config.n_epochs:
         return {}
     return final_meta_test(config, algorithm.meta_learner(), distribution, run.eval)
+
+
+def check_data_parallel(config: TrainConfig, algorithm: Algorithm) -> None:
+    """In a run of several processes: an algorithm that splits its work between them, and counts
+    they divide (an epoch's tasks: equal shares keep the processes in step) or cover (the
+    meta-test's tasks: every process takes at least one)."""
+    n = distributed.world().size
+    if n == 1:
+        return
+    if not getattr(algorithm, "data_parallel", False):
+        raise ConfigError(f"'{config.algo}' trains in one process; several processes run "
+                          f"{', '.join(data_parallel_algorithms())}")
+    distributed.require_divides(config.task.tasks_per_epoch, "task.tasks_per_epoch")
+    e = config.eval
+    for name, count in (("eval.n_tasks", e.n_tasks if e.every_epochs else n), ("eval.final_n_tasks", e.final_n_tasks)):
+        if count < n:
+            raise ConfigError(f"{name} ({count}) must be at least the number of processes ({n})")
+
+
+def data_parallel_algorithms() -> list[str]:
+    """The algorithms whose iteration splits over processes (`trmrl.distributed`)."""
+    from trmrl.algos import ALGORITHMS, algorithm_class
+
+    return [name for name in ALGORITHMS if getattr(algorithm_class(name), "data_parallel", False)]
 
 
 def load_trained(path: Path) -> tuple[TrainConfig, Algorithm, RunDir]:

@@ -39,8 +39,12 @@ def check_name(name: str) -> None:
         raise ConfigError(f"unknown algorithm '{name}'; choose from {', '.join(ALGORITHMS)}")
 
 
+def algorithm_class(name: str) -> type:
+    check_name(name)
+    module, _, cls = ALGORITHMS[name][1].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
 def make_algorithm(config: TrainConfig, distribution: TaskDistribution) -> Algorithm:
     """The algorithm `config.algo`, built for `distribution`."""
-    check_name(config.algo)
-    module, _, cls = ALGORITHMS[config.algo][1].partition(":")
-    return getattr(importlib.import_module(module), cls)(config, distribution)
+    return algorithm_class(config.algo)(config, distribution)

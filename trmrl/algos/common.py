@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -60,6 +60,9 @@ class InMemoryPPO:
 
     policy: Policy[Any]
     optimizers: TwoPhaseOptimizers
+    data_parallel: ClassVar[bool] = True
+    """Its iteration splits over processes (`trmrl.distributed`): collection by task, PPO's
+    minibatches by row."""
 
     def meta_learner(self) -> InMemoryLearner:
         return InMemoryLearner(self.policy)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from trmrl import ppo
+from trmrl import distributed, ppo
 from trmrl.algos.common import InMemoryPPO, TwoPhaseOptimizers
 from trmrl.config import PPOConfig, TrainConfig
 from trmrl.nets.recurrent import RecurrentActorCritic, RecurrentState
@@ -46,6 +46,10 @@ class RL2Policy:
 
     def __init__(self, model: RecurrentActorCritic) -> None:
         self.model = model
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.log_std.device
 
     def initial_state(self, n: int) -> RecurrentState:
         return self.model.initial_state(n)
@@ -68,7 +72,7 @@ class RL2Policy:
             action = mean
         else:
             assert generators is not None, "sampled actions need one generator per env"
-            action = mean + out.log_std.exp() * random_rows(generators, mean.shape[1:])
+            action = mean + out.log_std.exp() * random_rows(generators, mean.shape[1:], device=self.device)
         return Step(action, out.log_prob(action[None])[0], out.value[0]), state
 
     @torch.no_grad()
@@ -85,6 +89,7 @@ class _ChunkStartRecorder:
         self.policy, self.chunk = policy, chunk
         self.states: list[RecurrentState] = []
         self._t = 0
+        self.device = policy.device
 
     def initial_state(self, n: int) -> RecurrentState:
         self.states, self._t = [], 0
@@ -182,10 +187,10 @@ class RL2(InMemoryPPO):
     def __init__(self, config: TrainConfig, distribution: TaskDistribution) -> None:
         self.config = config
         t, chunk = config.task, config.rl2.bptt_chunk
-        self.sampler = TrialSampler(distribution, t.tasks_per_epoch, t.episodes_per_trial, t.max_episode_steps,
-                                    t.vector_env)
+        self.sampler = TrialSampler(distribution, distributed.share_size(t.tasks_per_epoch), t.episodes_per_trial,
+                                    t.max_episode_steps, t.vector_env)
         self.model = RecurrentActorCritic(self.sampler.obs_dim, self.sampler.act_dim, config.rl2,
-                                          torch_generator(config.seed, Stream.INIT))
+                                          torch_generator(config.seed, Stream.INIT)).to(distributed.device())
         self.optimizers = TwoPhaseOptimizers.create(self.model, config.ppo)
         self.policy = RL2Policy(self.model)
         self.schedules = ppo.lr_schedules(config.ppo, t.tasks_per_epoch * t.steps_per_trial)
@@ -199,9 +204,12 @@ class RL2(InMemoryPPO):
         recorder = _ChunkStartRecorder(self.policy, self.config.rl2.bptt_chunk)
         t0 = time.perf_counter()
         streams = task_streams(seed, Stream.TRAIN_ENVS, Stream.TRAIN_ACTIONS, epoch, range(len(tasks)))
-        rollout = self.sampler.collect(recorder, tasks, *streams)
+        rollout = distributed.collect(self.sampler, recorder, tasks, *streams)
         t1 = time.perf_counter()
-        chunks = make_chunks(rollout, recorder.states, self.config.rl2.bptt_chunk, self.config.ppo)
+        # each process recorded the states of its own tasks: gather them in task order, as the rollout
+        states = [distributed.gather_columns(torch.stack(h), len(tasks), dim=2).unbind(0) for h in zip(*recorder.states)]
+        chunks = make_chunks(rollout.to(self.policy.device), list(zip(*states)), self.config.rl2.bptt_chunk,
+                             self.config.ppo)
         metrics = rl2_update(self.model, self.optimizers.policy, self.optimizers.value, chunks, self.config,
                              torch_generator(seed, Stream.MINIBATCHES, epoch), self.schedules,
                              epoch * self.steps_per_epoch)

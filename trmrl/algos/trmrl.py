@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from trmrl import ppo
+from trmrl import distributed, ppo
 from trmrl.algos.common import InMemoryPPO, TwoPhaseOptimizers
 from trmrl.config import MemoryScope, PPOConfig, TrainConfig
 from trmrl.memory import Window, gather_windows
@@ -43,6 +43,10 @@ class TrMRLPolicy:
         self.model = model
         self.memory_scope: MemoryScope = memory_scope
 
+    @property
+    def device(self) -> torch.device:
+        return self.model.log_std.device
+
     def visible(self, inputs: Tensor, episode_start: Tensor) -> Tensor:
         """The inputs (..., O) as the policy sees them, episode_start (...)."""
         if self.memory_scope == "trial":
@@ -53,7 +57,7 @@ class TrMRLPolicy:
         return starts.episode if self.memory_scope == "episode" else starts.trial
 
     def initial_state(self, n: int) -> Window:
-        return Window.empty(n, self.model.config.window, self.model.obs_dim)
+        return Window.empty(n, self.model.config.window, self.model.obs_dim, device=self.device)
 
     def _pushed(self, inputs: Tensor, state: Window, starts: Starts) -> Window:
         return state.push(self.visible(inputs, starts.episode), self.clears(starts))
@@ -69,7 +73,7 @@ class TrMRLPolicy:
             action = out.mean
         else:
             assert generators is not None, "sampled actions need one generator per env"
-            action = out.mean + out.log_std.exp() * random_rows(generators, out.mean.shape[1:])
+            action = out.mean + out.log_std.exp() * random_rows(generators, out.mean.shape[1:], device=self.device)
         return Step(action, out.log_prob(action), out.value), state
 
     @torch.no_grad()
@@ -148,10 +152,10 @@ class TrMRL(InMemoryPPO):
     def __init__(self, config: TrainConfig, distribution: TaskDistribution) -> None:
         self.config = config
         t = config.task
-        self.sampler = TrialSampler(distribution, t.tasks_per_epoch, t.episodes_per_trial, t.max_episode_steps,
-                                    t.vector_env)
+        self.sampler = TrialSampler(distribution, distributed.share_size(t.tasks_per_epoch), t.episodes_per_trial,
+                                    t.max_episode_steps, t.vector_env)
         self.model = ActorCritic(self.sampler.obs_dim, self.sampler.act_dim, config.model,
-                                 torch_generator(config.seed, Stream.INIT))
+                                 torch_generator(config.seed, Stream.INIT)).to(distributed.device())
         self.optimizers = TwoPhaseOptimizers.create(self.model, config.ppo)
         self.policy = TrMRLPolicy(self.model, config.model.memory_scope)
         samples = t.tasks_per_epoch * t.steps_per_trial
@@ -163,9 +167,9 @@ class TrMRL(InMemoryPPO):
         seed = self.config.seed
         t0 = time.perf_counter()
         streams = task_streams(seed, Stream.TRAIN_ENVS, Stream.TRAIN_ACTIONS, epoch, range(len(tasks)))
-        rollout = self.sampler.collect(self.policy, tasks, *streams)
+        rollout = distributed.collect(self.sampler, self.policy, tasks, *streams)
         t1 = time.perf_counter()
-        batch = make_batch(rollout, self.config.ppo, self.policy)
+        batch = make_batch(rollout.to(self.policy.device), self.config.ppo, self.policy)
         metrics = ppo_update(self.model, self.optimizers.policy, self.optimizers.value, batch, self.config.ppo,
                              torch_generator(seed, Stream.MINIBATCHES, epoch), self.schedules,
                              epoch * self.steps_per_epoch)

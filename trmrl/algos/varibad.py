@@ -26,12 +26,12 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from trmrl import checkpoint, ppo
+from trmrl import checkpoint, distributed, ppo
 from trmrl.config import TrainConfig, VariBADConfig
 from trmrl.evaluate import InMemoryLearner
 from trmrl.nets.policy import gaussian_entropy, gaussian_log_prob, mlp
@@ -305,8 +305,12 @@ class VariBADPolicy:
     inputs_rms: RunningMeanStd
     normalize: bool
 
+    @property
+    def device(self) -> torch.device:
+        return self.model.log_std.device
+
     def initial_state(self, n: int) -> Tensor:
-        return torch.zeros(n, self.encoder.hidden)
+        return torch.zeros(n, self.encoder.hidden, device=self.device)
 
     def policy_inputs(self, raw: Tensor) -> Tensor:
         """The policy's input from (s, belief mean, belief logvar) (..., S + 2 Z): normalised if
@@ -329,7 +333,7 @@ class VariBADPolicy:
             actions = mean
         else:
             assert generators is not None, "sampled actions need one generator per env"
-            actions = mean + self.model.log_std.exp() * random_rows(generators, (self.model.act_dim,))
+            actions = mean + self.model.log_std.exp() * random_rows(generators, (self.model.act_dim,), device=self.device)
         log_probs = gaussian_log_prob(mean, self.model.log_std, actions)
         return Step(actions, log_probs, self.model.critic(x)[:, 0]), hidden
 
@@ -342,13 +346,19 @@ class VariBADPolicy:
 
 
 class VariBAD:
-    """`Algorithm`: the encoder, decoder, policy, their optimisers, normalisers and VAE buffer."""
+    """`Algorithm`: the encoder, decoder, policy, their optimisers, normalisers and VAE buffer.
+
+    Over several processes (`trmrl.distributed`) the collection splits by task and PPO's
+    minibatches by row; every process then holds the whole rollout, so the normalisers, the VAE
+    buffer and the VAE's steps (drawn from the same stream) stay equal without communication."""
+
+    data_parallel: ClassVar[bool] = True
 
     def __init__(self, config: TrainConfig, distribution: TaskDistribution) -> None:
         self.config = config
         t, v = config.task, config.varibad
-        self.sampler = TrialSampler(distribution, t.tasks_per_epoch, t.episodes_per_trial, t.max_episode_steps,
-                                    t.vector_env)
+        self.sampler = TrialSampler(distribution, distributed.share_size(t.tasks_per_epoch), t.episodes_per_trial,
+                                    t.max_episode_steps, t.vector_env)
         act_dim = self.sampler.act_dim
         self.state_dim = state_dim = self.sampler.obs_dim - act_dim - 2
         g = torch_generator(config.seed, Stream.INIT)
@@ -416,7 +426,7 @@ class VariBAD:
         seed, p, v = self.config.seed, self.config.ppo, self.config.varibad
         t0 = time.perf_counter()
         streams = task_streams(seed, Stream.TRAIN_ENVS, Stream.TRAIN_ACTIONS, epoch, range(len(tasks)))
-        rollout = self.sampler.collect(self.policy, tasks, *streams)
+        rollout = distributed.collect(self.sampler, self.policy, tasks, *streams).to(self.policy.device)
         t1 = time.perf_counter()
 
         raw = self.raw_inputs(rollout).flatten(0, 1)

@@ -60,7 +60,8 @@ class RecurrentActorCritic(nn.Module):
         return 2 if self.config.cell == "gru" else 4
 
     def initial_state(self, n: int) -> RecurrentState:
-        return tuple(torch.zeros(1, n, self.config.hidden_size) for _ in range(self.state_size))
+        device = self.log_std.device
+        return tuple(torch.zeros(1, n, self.config.hidden_size, device=device) for _ in range(self.state_size))
 
     def split(self, state: RecurrentState) -> tuple[RecurrentState, RecurrentState]:
         """(actor's part, critic's part) of a state."""
