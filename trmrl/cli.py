@@ -16,9 +16,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from trmrl.config import TrainConfig
-from trmrl.errors import CheckpointError, ConfigError, TrmrlError
-from trmrl.rundir import RunDir, read_json
+# torch's C++ side logs a failed rendezvous or a lost peer with its stack frames; the error
+# reaches the user as one line below instead (a user's own setting wins)
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
+
+from trmrl.config import TrainConfig  # noqa: E402
+from trmrl.errors import CheckpointError, ConfigError, TrmrlError  # noqa: E402
+from trmrl.rundir import RunDir, read_json  # noqa: E402
 
 _D = TypeVar("_D")
 
@@ -206,6 +210,9 @@ def train_command(args: list[str]) -> int:
         RunDir(run_dir).check_new()
         config = _replace(config, run_dir=run_dir, preset=preset)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from trmrl.train import check_data_parallel
+
+        check_data_parallel(config, nproc)  # before starting anything
         return distributed.launch(nproc, ["train", *args], config.torch_threads)
     with distributed.session(config.device, config.dist_timeout) as world:
         if world.size > 1 and "--resume" not in args:

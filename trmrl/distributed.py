@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -154,7 +155,10 @@ def launch(nproc: int, argv: Sequence[str], threads: int = 0) -> int:
 
 
 def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    """The message of a c10d/gloo error: its first line, without the source location and advice."""
+    line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    line = re.sub(r"^\[[^\]]*\.(cpp|cc):\d+\] ", "", line)
+    return line.split(" This is typically caused")[0]
 
 
 def _collective(op: Callable[[], T], what: str) -> T:
@@ -195,13 +199,6 @@ def share(n: int) -> range:
 def share_size(n: int) -> int:
     """The largest share of n items over the ranks (envs a rank's sampler needs)."""
     return -(-n // _world.size)
-
-
-def require_divides(n: int, what: str) -> None:
-    """A count every rank must hold an equal share of (an epoch's tasks: equal shares keep the
-    ranks in step)."""
-    if n % _world.size:
-        raise ConfigError(f"{what} ({n}) must be a multiple of the number of processes ({_world.size})")
 
 
 def gather_columns(x: Tensor, n: int, dim: int = 1) -> Tensor:

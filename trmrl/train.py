@@ -33,8 +33,8 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
     run = RunDir(run_dir)
     main = distributed.is_main()
     distribution = make_task_distribution(config.task.name, **config.task_options())
+    check_data_parallel(config, distributed.world().size)
     algorithm = make_algorithm(config, distribution)
-    check_data_parallel(config, algorithm)
     start = 0
     if resume:
         state = checkpoint.load(run.checkpoint)
@@ -103,17 +103,20 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
     return final_meta_test(config, algorithm.meta_learner(), distribution, run.eval)
 
 
-def check_data_parallel(config: TrainConfig, algorithm: Algorithm) -> None:
-    """In a run of several processes: an algorithm that splits its work between them, and counts
-    they divide (an epoch's tasks: equal shares keep the processes in step) or cover (the
-    meta-test's tasks: every process takes at least one)."""
-    n = distributed.world().size
+def check_data_parallel(config: TrainConfig, n: int) -> None:
+    """For a run of n processes: an algorithm that splits its work between them, and counts they
+    divide (an epoch's tasks: equal shares keep the processes in step) or cover (the meta-test's
+    tasks: every process takes at least one)."""
+    from trmrl.algos import algorithm_class
+
     if n == 1:
         return
-    if not getattr(algorithm, "data_parallel", False):
+    if not getattr(algorithm_class(config.algo), "data_parallel", False):
         raise ConfigError(f"'{config.algo}' trains in one process; several processes run "
                           f"{', '.join(data_parallel_algorithms())}")
-    distributed.require_divides(config.task.tasks_per_epoch, "task.tasks_per_epoch")
+    if config.task.tasks_per_epoch % n:
+        raise ConfigError(f"task.tasks_per_epoch ({config.task.tasks_per_epoch}) must be a multiple of the number "
+                          f"of processes ({n}): equal shares keep them in step")
     e = config.eval
     for name, count in (("eval.n_tasks", e.n_tasks if e.every_epochs else n), ("eval.final_n_tasks", e.final_n_tasks)):
         if count < n:
