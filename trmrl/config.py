@@ -448,6 +448,9 @@ class EvalConfig:
     """Tasks of the meta-test after training (paper's fast-adaptation protocol: 20 x 6)."""
     final_episodes: int = 6
     """Episodes per trial of the meta-test after training."""
+    final: bool = True
+    """Meta-test after training (fast adaptation, OOD, MetaWorld's protocol); off: only the
+    during-training tests, `trmrl eval RUN_DIR` tests later (sweeps, speed runs)."""
     deterministic: bool = True
     """Act with the policy mean (paper) instead of sampling."""
     seed: int = 0

@@ -62,7 +62,7 @@ class World:
 
 
 _world = World()
-_communication_seconds = 0.0
+_communication_seconds: dict[str, float] = {}
 
 
 def world() -> World:
@@ -161,10 +161,9 @@ def _first_line(exc: BaseException) -> str:
     return line.split(" This is typically caused")[0]
 
 
-def _collective(op: Callable[[], T], what: str) -> T:
-    """Run one collective, timed; a peer that died or cannot be reached (gloo's closed
-    connection, a timeout) becomes one DistributedError line."""
-    global _communication_seconds
+def _collective(op: Callable[[], T], what: str, part: str = "other") -> T:
+    """Run one collective, its time counted to `part` of the epoch; a peer that died or cannot be
+    reached (gloo's closed connection, a timeout) becomes one DistributedError line."""
     start = time.perf_counter()
     try:
         return op()
@@ -172,14 +171,15 @@ def _collective(op: Callable[[], T], what: str) -> T:
         raise DistributedError(f"lost the run's other processes during {what}: one stopped or cannot be reached "
                                f"({_first_line(exc)})") from None
     finally:
-        _communication_seconds += time.perf_counter() - start
+        _communication_seconds[part] = _communication_seconds.get(part, 0.0) + time.perf_counter() - start
 
 
-def communication_seconds() -> float:
-    """Seconds this process has spent in collectives (waiting for the others included) since the
-    last call; 0 when alone."""
-    global _communication_seconds
-    spent, _communication_seconds = _communication_seconds, 0.0
+def communication_seconds() -> dict[str, float]:
+    """Seconds this process spent in collectives since the last call (waiting for the slowest
+    process included), by part of the epoch: `sampling` (gathering rollouts), `update` (gradient
+    and minibatch-statistics all-reduces), `other`."""
+    spent = dict(_communication_seconds)
+    _communication_seconds.clear()
     return spent
 
 
@@ -213,7 +213,7 @@ def gather_columns(x: Tensor, n: int, dim: int = 1) -> Tensor:
         pad[dim] = width - sent.shape[dim]
         sent = torch.cat([sent, sent.new_zeros(pad)], dim=dim)
     parts = [torch.empty_like(sent) for _ in range(_world.size)]
-    _collective(lambda: dist.all_gather(parts, sent.contiguous()), "the gathering of the rollouts")
+    _collective(lambda: dist.all_gather(parts, sent.contiguous()), "the gathering of the rollouts", "sampling")
     # parts[r][..., i, ...] is column i * N + r: stack the ranks next to `dim`, then merge
     merged = torch.stack(parts, dim=dim + 1).flatten(dim, dim + 1).narrow(dim, 0, n)
     return merged.to(x.device, x.dtype)
@@ -252,7 +252,7 @@ def all_sum(values: Tensor) -> Tensor:
     if _world.size == 1:
         return values
     summed = values.to(_backend_device()).clone()
-    _collective(lambda: dist.all_reduce(summed), "the minibatch statistics")
+    _collective(lambda: dist.all_reduce(summed), "the minibatch statistics", "update")
     return summed.to(values.device)
 
 
@@ -266,7 +266,7 @@ def sum_gradients(params: Sequence[Tensor], numbers: Tensor) -> Tensor:
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
                      + [reached, numbers.to(like)])
     flat = flat.to(_backend_device())
-    _collective(lambda: dist.all_reduce(flat), "the gradient all-reduce")
+    _collective(lambda: dist.all_reduce(flat), "the gradient all-reduce", "update")
     flat = flat.to(like.device)
     offset = 0
     for p, any_rank in zip(params, flat[-len(numbers) - len(params) : -len(numbers)].tolist()):

@@ -73,8 +73,9 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
                 rng = numpy_rng(config.seed, Stream.TRAIN_TASKS, epoch)
                 tasks = distribution.sample(rng, config.task.tasks_per_epoch, "train")
             metrics = algorithm.train_iteration(tasks, epoch)
-            if distributed.world().size > 1:
-                metrics["time/communication"] = distributed.communication_seconds()
+            if distributed.world().size > 1:  # seconds of the epoch's sampling and update spent in collectives
+                spent = distributed.communication_seconds()
+                metrics |= {f"time/communication_{part}": spent.get(part, 0.0) for part in ("sampling", "update")}
             if logger:
                 logger.log(epoch, steps_after(epoch + 1), metrics)
             if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == end:
@@ -98,7 +99,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
         if logger:
             logger.close()
         tester.close()
-    if end < config.n_epochs:
+    if end < config.n_epochs or not e.final:
         return {}
     return final_meta_test(config, algorithm.meta_learner(), distribution, run.eval)
 
@@ -118,7 +119,8 @@ def check_data_parallel(config: TrainConfig, n: int) -> None:
         raise ConfigError(f"task.tasks_per_epoch ({config.task.tasks_per_epoch}) must be a multiple of the number "
                           f"of processes ({n}): equal shares keep them in step")
     e = config.eval
-    for name, count in (("eval.n_tasks", e.n_tasks if e.every_epochs else n), ("eval.final_n_tasks", e.final_n_tasks)):
+    for name, count in (("eval.n_tasks", e.n_tasks if e.every_epochs else n),
+                        ("eval.final_n_tasks", e.final_n_tasks if e.final else n)):
         if count < n:
             raise ConfigError(f"{name} ({count}) must be at least the number of processes ({n})")
 
