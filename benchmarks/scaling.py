@@ -26,7 +26,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from trmrl import distributed
 from trmrl.log import read_metrics
 from trmrl.presets import get_preset
 
@@ -41,7 +40,7 @@ def train_epochs(preset: str, epochs: int, nproc: int, threads: int, tasks_per_e
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         args = [sys.executable, "-m", "trmrl", "train", preset, "--total-env-steps", str(steps), "--run-dir", str(run),
-                "--eval.every-epochs", "0", "--no-eval.final", "--no-progress", "--torch-threads", str(threads),
+                "--eval.every-epochs", "0", "--eval.no-final", "--no-progress", "--torch-threads", str(threads),
                 "--task.tasks-per-epoch", str(tasks), "--nproc", str(nproc)]
         subprocess.run(args, check=True, stdout=subprocess.DEVNULL, env=os.environ | {"OMP_NUM_THREADS": str(threads)})
         return [r for r in read_metrics(run) if "time/sampling" in r]

@@ -20,9 +20,9 @@ from typing import TypeVar
 # reaches the user as one line below instead (a user's own setting wins)
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
 
-from trmrl.config import TrainConfig  # noqa: E402
-from trmrl.errors import CheckpointError, ConfigError, TrmrlError  # noqa: E402
-from trmrl.rundir import RunDir, read_json  # noqa: E402
+from trmrl.config import TrainConfig
+from trmrl.errors import CheckpointError, ConfigError, TrmrlError
+from trmrl.rundir import RunDir, read_json
 
 _D = TypeVar("_D")
 
