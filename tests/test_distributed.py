@@ -136,7 +136,7 @@ def finished(process, timeout=120):
     return process.returncode, out, err.strip().splitlines()
 
 
-def test_nproc_trains_resumes_with_another_count_and_evaluates(tmp_path):
+def test_nproc_and_torchrun_train_resume_with_another_count_and_evaluate(tmp_path):
     run = tmp_path / "run"
     code, out, err = finished(trmrl("train", "point-nav", "--nproc", "2", "--total-env-steps", "1280",
                                     "--run-dir", str(run), *SMALL))
@@ -149,6 +149,13 @@ def test_nproc_trains_resumes_with_another_count_and_evaluates(tmp_path):
     records = [r for r in map(eval_json, (run / "metrics.jsonl").read_text().splitlines()) if "losses/policy_loss" in r]
     assert [r["epoch"] for r in records] == list(range(6))
     assert all(("time/communication_update" in r) == (r["epoch"] < 4) for r in records)  # two processes, then one
+    # torchrun's own form, two processes again
+    torchrun = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                                 "-m", "trmrl", "train", "--resume", str(run), "--total-env-steps", "2560",
+                                 "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    code, out, err = finished(torchrun)
+    assert code == 0, err
+    assert checkpoint.load(RunDir(run).checkpoint)["epoch"] == 8 and out.count("meta-test (adaptation)") == 1
     code, out, err = finished(trmrl("eval", str(run), "--n-tasks", "4", "--episodes", "2"))
     assert code == 0, err
     assert (run / "eval" / "adaptation-4x2-seed0.json").is_file()

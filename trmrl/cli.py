@@ -203,10 +203,9 @@ def train_command(args: list[str]) -> int:
         preset = args[0] if args and not args[0].startswith("-") else DEFAULT_PRESET
         rest = args[1:] if args and not args[0].startswith("-") else args
         config = _parse_config(preset, rest)
-        if config.run_dir is None:
-            # the processes `--nproc` launches all take this directory (its time stamp is this one's)
-            args = [*args, "--run-dir", str(RunDir.default(config).root)]
-        run_dir = config.run_dir or Path(args[-1])
+        run_dir = config.run_dir or RunDir.default(config).root
+        if config.run_dir is None:  # the processes `--nproc` starts take this one (its time stamp)
+            args = [*args, "--run-dir", str(run_dir)]
         RunDir(run_dir).check_new()
         config = _replace(config, run_dir=run_dir, preset=preset)
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
