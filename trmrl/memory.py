@@ -49,7 +49,7 @@ class Window:
         # torch.where returns a new tensor, so writing the new input leaves self.buffer intact
         buffer = torch.where(full[:, None, None], buffer.roll(-1, dims=1), buffer)
         slot = length.clamp(max=self.window - 1)
-        buffer[torch.arange(len(x)), slot] = x
+        buffer[torch.arange(len(x), device=x.device), slot] = x
         return Window(buffer, (length + 1).clamp(max=self.window), self.pad_value)
 
 
@@ -62,13 +62,14 @@ def gather_windows(inputs: Tensor, clears: Tensor, window: int, pad_value: float
     sampler acted at each step.
     """
     steps, batch, _ = inputs.shape
-    t = torch.arange(steps)[:, None].expand(steps, batch)
+    device = inputs.device
+    t = torch.arange(steps, device=device)[:, None].expand(steps, batch)
     cleared_at = torch.where(clears, t, torch.zeros_like(t)).cummax(dim=0).values
     start = torch.maximum(t - window + 1, cleared_at)
     length = t - start + 1
-    slots = torch.arange(window)
+    slots = torch.arange(window, device=device)
     index = (start[..., None] + slots).clamp(max=t[..., None])  # (T, B, W)
-    windows = inputs[index, torch.arange(batch)[None, :, None]]
+    windows = inputs[index, torch.arange(batch, device=device)[None, :, None]]
     valid = slots < length[..., None]
     windows = torch.where(valid[..., None], windows, torch.full_like(windows, pad_value))
     return windows, length

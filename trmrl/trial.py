@@ -39,7 +39,7 @@ def forget_previous_episode(inputs: Tensor, episode_start: Tensor, act_dim: int)
     if not episode_start.any():  # most sampler steps: nothing to hide
         return inputs
     obs_dim = inputs.shape[-1] - act_dim - 2
-    carried = torch.zeros(inputs.shape[-1], dtype=torch.bool)
+    carried = torch.zeros(inputs.shape[-1], dtype=torch.bool, device=inputs.device)
     carried[obs_dim : obs_dim + act_dim + 1] = True
     return inputs.masked_fill(episode_start[..., None] & carried, 0.0)
 

@@ -134,9 +134,10 @@ def make_chunks(rollout: Rollout, chunk_states: Sequence[RecurrentState], chunk:
     cut[::chunk] = True
     env, start = cut.T.nonzero(as_tuple=True)  # (S,) each: env-major, steps ascending within an env
     # a chunk ends at the next cut of the same env, or at T
-    following = torch.cat([start[1:], torch.tensor([steps])])
-    end = torch.where(torch.cat([env[1:] == env[:-1], torch.tensor([False])]), following, steps)
-    offset = torch.arange(chunk)[:, None]
+    device = start.device
+    following = torch.cat([start[1:], torch.tensor([steps], device=device)])
+    end = torch.where(torch.cat([env[1:] == env[:-1], torch.tensor([False], device=device)]), following, steps)
+    offset = torch.arange(chunk, device=device)[:, None]
     valid = offset < (end - start)[None, :]  # (L, S)
     t = (start[None, :] + offset).clamp(max=steps - 1)
     gather = lambda x: x[t, env[None, :].expand_as(t)]  # noqa: E731
@@ -176,7 +177,8 @@ def rl2_update(model: RecurrentActorCritic, policy_optimizer: torch.optim.Optimi
     stats["losses/explained_variance"] = ppo.explained_variance(chunks.values[valid], chunks.returns[valid])
     with torch.no_grad():
         # the Gaussian's entropy depends on its (state-independent) std alone
-        stats["losses/entropy"] = float(model.distribution(torch.zeros(model.act_dim), torch.zeros(())).entropy())
+        zero = model.log_std.new_zeros(())
+        stats["losses/entropy"] = float(model.distribution(zero.expand(model.act_dim), zero).entropy())
         stats["charts/action_std"] = float(model.log_std.exp().mean())
     return stats
 

@@ -89,7 +89,7 @@ class ActorCritic(nn.Module):
         x = self.embedding(windows)
         if self.config.newest_only_last_layer:
             return self.transformer.latest(x, lengths)
-        return self.transformer(x)[torch.arange(len(windows)), lengths - 1]
+        return self.transformer(x)[torch.arange(len(windows), device=x.device), lengths - 1]
 
     def forward(self, windows: Tensor, lengths: Tensor) -> PolicyOutput:
         memory = self.latest_memory(windows, lengths)
@@ -102,7 +102,7 @@ class ActorCritic(nn.Module):
         if self.config.share_network:
             x = self.latest_memory(windows, lengths) if memory is None else memory
         else:
-            x = windows[torch.arange(len(windows)), lengths - 1]
+            x = windows[torch.arange(len(windows), device=windows.device), lengths - 1]
         return self.value_net(x).squeeze(-1)
 
     def policy_parameters(self) -> Iterator[nn.Parameter]:

@@ -54,7 +54,7 @@ class CausalSelfAttention(nn.Module):
         if self.fused and not need_weights:
             out, weights = F.scaled_dot_product_attention(q, k, v, is_causal=True), None
         else:
-            out, weights = attend(q, k, v, torch.ones(w, w, dtype=torch.bool).tril())
+            out, weights = attend(q, k, v, torch.ones(w, w, dtype=torch.bool, device=x.device).tril())
         return self.out_proj(out.transpose(1, 2).reshape(n, w, d)), weights if need_weights else None
 
     def newest(self, x: Tensor, lengths: Tensor) -> Tensor:
@@ -63,9 +63,9 @@ class CausalSelfAttention(nn.Module):
         n, w, d = x.shape
         heads, dh = self.n_heads, d // self.n_heads
         weight, bias = self.in_proj.weight, self.in_proj.bias
-        q = F.linear(x[torch.arange(n), lengths - 1], weight[:d], bias[:d]).view(n, heads, 1, dh)
+        q = F.linear(x[torch.arange(n, device=x.device), lengths - 1], weight[:d], bias[:d]).view(n, heads, 1, dh)
         k, v = F.linear(x, weight[d:], bias[d:]).view(n, w, 2, heads, dh).permute(2, 0, 3, 1, 4)
-        visible = (torch.arange(w) < lengths[:, None])[:, None, None, :]  # (N, 1, 1, W)
+        visible = (torch.arange(w, device=x.device) < lengths[:, None])[:, None, None, :]  # (N, 1, 1, W)
         if self.fused:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
         else:
@@ -87,7 +87,7 @@ class EncoderLayer(nn.Module):
 
     def newest(self, x: Tensor, lengths: Tensor) -> Tensor:
         """This layer's output (N, D) at the newest position only."""
-        h = x[torch.arange(len(x)), lengths - 1] + self.self_attn.newest(x, lengths)
+        h = x[torch.arange(len(x), device=x.device), lengths - 1] + self.self_attn.newest(x, lengths)
         return h + self.linear2(F.relu(self.linear1(h)))
 
 
