@@ -61,13 +61,12 @@ def _allreduce_worker(rank: int, numel: int, repeats: int, port: int, out: dict)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    flat, small = torch.randn(numel), torch.zeros(3, dtype=torch.float64)
+    flat = torch.randn(numel)
     for _ in range(10):
         dist.all_reduce(flat)
     dist.barrier()
     start = time.perf_counter()
     for _ in range(repeats):
-        dist.all_reduce(small)
         dist.all_reduce(flat)
     if rank == 0:
         out["ms"] = 1e3 * (time.perf_counter() - start) / repeats
@@ -75,8 +74,8 @@ def _allreduce_worker(rank: int, numel: int, repeats: int, port: int, out: dict)
 
 
 def allreduce_ms(numel: int, repeats: int = 200) -> float:
-    """Milliseconds of one update step's collectives alone (the 3 minibatch statistics and the
-    flat gradient buffer of `numel` floats), 2 processes on this machine's loopback."""
+    """Milliseconds of one update step's all-reduce alone (the flat buffer of `numel` floats:
+    gradients, a flag per parameter, the loss), 2 processes on this machine's loopback."""
     import socket
 
     with socket.socket() as s:
@@ -89,7 +88,8 @@ def allreduce_ms(numel: int, repeats: int = 200) -> float:
 
 
 def model_size(preset: str) -> tuple[int, int]:
-    """(policy, value) parameter counts of the preset's model: the gradient buffer of a step of each phase."""
+    """(policy, value) all-reduce buffer of a step of each phase of the preset's model: the
+    parameters, a flag per parameter tensor, the loss and two statistics."""
     from trmrl.algos import make_algorithm
     from trmrl.tasks import make_task_distribution
 
@@ -97,7 +97,8 @@ def model_size(preset: str) -> tuple[int, int]:
     config = config.replace(task={"tasks_per_epoch": 2})
     algorithm = make_algorithm(config, make_task_distribution(config.task.name, **config.task_options()))
     model = algorithm.model  # type: ignore[attr-defined]
-    return (sum(p.numel() for p in model.policy_parameters()), sum(p.numel() for p in model.value_parameters()))
+    phases = (list(model.policy_parameters()), list(model.value_parameters()))
+    return tuple(sum(p.numel() for p in params) + len(params) + 3 for params in phases)  # type: ignore[return-value]
 
 
 def main() -> None:
@@ -119,8 +120,7 @@ def main() -> None:
             rows.append((preset, name, m))
             parts[(preset, nproc)] = m
         policy, value = model_size(preset)
-        parts[(preset, "allreduce")] = {"policy": allreduce_ms(policy + 3),
-                                        "value": allreduce_ms(value + 3), "steps": per_phase,
+        parts[(preset, "allreduce")] = {"policy": allreduce_ms(policy), "value": allreduce_ms(value), "steps": per_phase,
                                         "params": (policy, value)}
 
     print("| preset | setup | env steps / epoch | sampling s | update s | of which in collectives s "
@@ -132,7 +132,7 @@ def main() -> None:
         print(f"| {preset} | {name} | {m['steps']:,.0f} | {m['sampling']:.2f} | {m['update']:.2f} | {comm} | "
               f"{m['epoch']:.2f} | {m['sps']:,.0f} | {m['sps'] / base:.2f}x |")
 
-    print("\n| preset | parameters (policy, value) | gradient steps per phase and epoch | one step's collectives "
+    print("\n| preset | all-reduce buffer, floats (policy, value) | gradient steps per phase and epoch | one step's all-reduce "
           "alone, ms (policy, value) | all of an epoch's, s |")
     print("|---|---|---|---|---|")
     for preset in args.presets:

@@ -10,10 +10,12 @@ An epoch on N processes (ranks):
               rollout one process collects with the same seed
     update    every rank builds the same batch and draws the same minibatch permutation (both
               derive from the seed); each minibatch's rows are dealt round-robin, a rank
-              back-propagates its rows' share of the loss (their sum over the minibatch's row
-              count) and one all-reduce sums the gradients, with the loss riding along so that
-              a non-finite loss on any rank stops every rank. The optimisers then step alike
-              everywhere: parameters and optimiser states stay equal without being sent.
+              back-propagates its rows' share of the loss (their sum over the minibatch's
+              sample count, advantages normalised with the whole minibatch's statistics, all
+              read from the batch it holds) and one all-reduce per step sums the gradients,
+              with the loss riding along so that a non-finite loss on any rank stops every
+              rank. The optimisers then step alike everywhere: parameters and optimiser states
+              stay equal without being sent.
 
 The gradients go through one explicit all-reduce of a flat buffer rather than
 DistributedDataParallel: a PPO update steps two optimisers over two parameter subsets of one
@@ -176,8 +178,8 @@ def _collective(op: Callable[[], T], what: str, part: str = "other") -> T:
 
 def communication_seconds() -> dict[str, float]:
     """Seconds this process spent in collectives since the last call (waiting for the slowest
-    process included), by part of the epoch: `sampling` (gathering rollouts), `update` (gradient
-    and minibatch-statistics all-reduces), `other`."""
+    process included), by part of the epoch: `sampling` (gathering rollouts), `update` (the
+    gradient all-reduces), `other`."""
     spent = dict(_communication_seconds)
     _communication_seconds.clear()
     return spent
@@ -245,15 +247,6 @@ def collect(
 def minibatch_share(index: Tensor) -> Tensor:
     """This rank's rows of a minibatch (every N-th, from its rank)."""
     return index[_world.rank :: _world.size]
-
-
-def all_sum(values: Tensor) -> Tensor:
-    """Sums of `values` over the ranks (small statistics: row counts, advantage moments)."""
-    if _world.size == 1:
-        return values
-    summed = values.to(_backend_device()).clone()
-    _collective(lambda: dist.all_reduce(summed), "the minibatch statistics", "update")
-    return summed.to(values.device)
 
 
 def sum_gradients(params: Sequence[Tensor], numbers: Tensor) -> Tensor:

@@ -193,6 +193,10 @@ PolicyTerms = Callable[[Tensor], tuple[Tensor, Tensor, Tensor, Tensor]]
 first three flattened over the minibatch's valid steps, entropy a scalar."""
 ValueTerms = Callable[[Tensor], tuple[Tensor, Tensor]]
 """Minibatch index (items) -> (values now, value targets), flattened over the valid steps."""
+Advantages = Callable[[Tensor], Tensor]
+"""Minibatch index (items) -> the advantages of its valid steps, flattened: data alone, no
+network, so a process that takes a share of a minibatch reads the whole minibatch's sample count
+and advantage statistics from the batch it holds instead of asking the others."""
 
 
 @dataclass(frozen=True)
@@ -214,12 +218,14 @@ def ppo_update(
     config: PPOConfig,
     generator: torch.Generator,
     first_step: int,
+    advantages: Advantages,
 ) -> dict[str, float]:
     """The paper's update: `update_epochs` shuffled passes of policy minibatch steps, then as
     many of value steps, each phase with its own optimiser and its learning rate set before every
     step from its schedule (gradient steps counted from `first_step`). An item is whatever the
-    algorithm samples independently (TrMRL: a window; RL^2: a sequence chunk). Returns
-    `losses/...` and `charts/..._lr` metrics."""
+    algorithm samples independently (TrMRL: a window; RL^2: a sequence chunk). Over several
+    processes each takes a share of every minibatch (`trmrl.distributed`), which `advantages`
+    sizes. Returns `losses/...` and `charts/..._lr` metrics."""
     stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "approx_kl": [], "clipfrac": []}
     rates: dict[str, float] = {}
     parallel = distributed.world().size > 1
@@ -231,8 +237,8 @@ def ppo_update(
                 set_lr(phase.optimizer, rates[f"charts/{name}_lr"])
                 step += 1
                 if parallel:
-                    _data_parallel_step(name, phase, terms, distributed.minibatch_share(index), value_log_std, config,
-                                        stats)
+                    _data_parallel_step(name, phase, terms, distributed.minibatch_share(index), advantages(index),
+                                        value_log_std, config, stats)
                     continue
                 if name == "value":
                     predicted, returns = terms(index)  # type: ignore[misc]
@@ -255,35 +261,29 @@ def ppo_update(
 
 
 def _data_parallel_step(
-    name: str, phase: Phase, terms: PolicyTerms | ValueTerms, rows: Tensor, value_log_std: Tensor,
+    name: str, phase: Phase, terms: PolicyTerms | ValueTerms, rows: Tensor, whole: Tensor, value_log_std: Tensor,
     config: PPOConfig, stats: dict[str, list[float]],
 ) -> None:
     """This process's part of one minibatch step when several split it (`trmrl.distributed`):
-    the loss over its `rows`, a share of the whole minibatch's loss (its sum over the
-    minibatch's count of samples; advantages normalised with the whole minibatch's mean and
-    std), then the gradients summed over the processes. Appends the minibatch's statistics."""
+    the loss over its `rows` as a share of the whole minibatch's (its sum over the minibatch's
+    sample count, advantages normalised with the mean and std of `whole`, the minibatch's
+    advantages), then the gradients summed over the processes in one all-reduce. Appends the
+    minibatch's statistics."""
+    n = len(whole)
     out = terms(rows) if len(rows) else None
     if name == "value":
         predicted, returns = out if out is not None else (None, None)  # type: ignore[misc]
-        n = float(distributed.all_sum(torch.tensor([0.0 if predicted is None else len(predicted)]))[0])
         loss = None if predicted is None else value_loss(predicted, returns, value_log_std, config.value_loss, total=n)
         summed = gradient_step(loss, phase.optimizer, phase.params, config.max_grad_norm, "value", data_parallel=True)
         stats["value_loss"].append(float(summed[0]))
         return
-    log_probs, old_log_probs, advantages, entropy = out if out is not None else (None, None, None, None)  # type: ignore[misc]
-    local = torch.zeros(3, dtype=torch.float64)
-    if advantages is not None:
-        a = advantages.detach().double()
-        local = torch.stack([torch.tensor(float(len(a)), dtype=torch.float64), a.sum().cpu(), a.pow(2).sum().cpu()])
-    n, total, squares = distributed.all_sum(local).tolist()
-    if advantages is None:
+    if out is None:
         summed = gradient_step(None, phase.optimizer, phase.params, config.max_grad_norm, "policy",
                                torch.zeros(2), data_parallel=True)
     else:
+        log_probs, old_log_probs, advantages, entropy = out  # type: ignore[misc]
         if config.norm_adv and n > 1:
-            mean = total / n
-            std = max(squares - n * mean * mean, 0.0) ** 0.5 / (n - 1) ** 0.5
-            advantages = (advantages - mean) / (std + 1e-8)
+            advantages = (advantages - whole.mean()) / (whole.std() + 1e-8)  # as one process normalises
         loss = clipped_surrogate(log_probs, old_log_probs, advantages, config.clip_coef, total=n)
         loss = loss - config.ent_coef * entropy * (len(advantages) / n)  # entropy: a mean over the rows
         with torch.no_grad():

@@ -172,7 +172,8 @@ def rl2_update(model: RecurrentActorCritic, policy_optimizer: torch.optim.Optimi
         len(chunks), per_minibatch,
         (ppo.Phase(policy_optimizer, model.policy_parameters(), schedules[0]), policy_terms),
         (ppo.Phase(value_optimizer, model.value_parameters(), schedules[1]), value_terms),
-        model.value_log_std, config.ppo, generator, first_step)
+        model.value_log_std, config.ppo, generator, first_step,
+        lambda index: chunks.advantages[:, index][chunks.valid[:, index]])
     valid = chunks.valid
     stats["losses/explained_variance"] = ppo.explained_variance(chunks.values[valid], chunks.returns[valid])
     with torch.no_grad():

@@ -138,7 +138,7 @@ def ppo_update(
         len(batch), config.minibatch_size,
         (ppo.Phase(policy_optimizer, list(model.policy_parameters()), schedules[0]), policy_terms),
         (ppo.Phase(value_optimizer, list(model.value_parameters()), schedules[1]), value_terms),
-        model.value_log_std, config, generator, first_step)
+        model.value_log_std, config, generator, first_step, lambda index: batch.advantages[index])
     stats["losses/explained_variance"] = ppo.explained_variance(batch.values, batch.returns)
     with torch.no_grad():
         stats["losses/entropy"] = float(model(batch.windows[:1], batch.lengths[:1]).entropy())

@@ -448,7 +448,7 @@ class VariBAD:
             len(x), p.minibatch_size,
             (ppo.Phase(self.optimizers["policy"], list(model.policy_parameters()), self.schedules[0]), policy_terms),
             (ppo.Phase(self.optimizers["value"], list(model.value_parameters()), self.schedules[1]), value_terms),
-            model.value_log_std, p, generator, epoch * self.steps_per_epoch)
+            model.value_log_std, p, generator, epoch * self.steps_per_epoch, lambda index: advantages[index])
         metrics["losses/explained_variance"] = ppo.explained_variance(scaled.values.flatten(), returns)
         metrics["charts/action_std"] = float(model.log_std.detach().exp().mean())
         metrics["losses/entropy"] = float(gaussian_entropy(model.log_std.detach()))
