@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -19,6 +20,7 @@ from conftest import tiny_config
 from trmrl import checkpoint, distributed
 from trmrl.algos import make_algorithm
 from trmrl.config import TrainConfig, from_dict, to_dict
+from trmrl.evaluate import MetaTester, during_training
 from trmrl.rundir import RunDir
 from trmrl.seeding import Stream, numpy_rng, task_streams
 from trmrl.tasks import make_task_distribution
@@ -51,6 +53,10 @@ def run_epochs(config: TrainConfig) -> dict:
         out["rollouts"].append(distributed.collect(algorithm.sampler, algorithm.policy, tasks, *streams))
         out["metrics"].append(algorithm.train_iteration(tasks, epoch))
         out["states"].append(copy.deepcopy(algorithm.state_dict()))
+    # meta-tests of 3 tasks (shares of 2 and 1) and of 1 (one process idle), split and gathered
+    for n in (1, 3):
+        tester = MetaTester(distribution, during_training(n, 2, True), config.task.max_episode_steps, 0)
+        out[f"meta_test_{n}"] = tester.run(algorithm.meta_learner()).returns
     return out
 
 
@@ -59,10 +65,6 @@ def worker(rank: int, world: int, port: int, config: dict, out_dir: str) -> None
     torch.set_num_threads(1)
     with distributed.session("cpu", timeout=60):
         torch.save(run_epochs(from_dict(TrainConfig, config)), Path(out_dir) / f"rank{rank}.pt")
-
-
-def tensors(state) -> list[torch.Tensor]:
-    return list(distributed._tensors(state))
 
 
 def named(state, prefix=""):
@@ -98,8 +100,11 @@ def test_two_processes_match_one(tmp_path, algo):
                 assert torch.equal(getattr(rank["rollouts"][0], name), value), name
     # the ranks hold identical parameters and optimiser states after every epoch
     for epoch in range(EPOCHS):
-        for a, b in zip(tensors(ranks[0]["states"][epoch]), tensors(ranks[1]["states"][epoch]), strict=True):
+        for (_, a), (_, b) in zip(named(ranks[0]["states"][epoch]), named(ranks[1]["states"][epoch]), strict=True):
             assert torch.equal(a, b)
+    for n in (1, 3):
+        for rank in ranks:
+            np.testing.assert_allclose(rank[f"meta_test_{n}"], one[f"meta_test_{n}"], rtol=1e-4, atol=1e-4)
     # ... and those of one process within float rounding. Each minibatch gradient is summed in
     # another order (two half sums, then the all-reduce), about 1e-7 relative; Adam divides by
     # the gradient's own scale, so where the exact gradient is zero its rounding noise still

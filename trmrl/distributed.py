@@ -230,9 +230,7 @@ def collect(
     equal to what one process collects."""
     if _world.size == 1:
         return sampler.collect(policy, tasks, env_seeds, generators, deterministic)
-    mine = share(len(tasks))
-    if not mine:
-        raise ConfigError(f"{len(tasks)} tasks cannot be split over {_world.size} processes; use at least as many tasks")
+    mine = share(len(tasks))  # empty where there are fewer tasks than processes
     part = sampler.collect(policy, [tasks[i] for i in mine], [env_seeds[i] for i in mine],
                            None if generators is None else [generators[i] for i in mine], deterministic)
     gathered = {f.name: getattr(part, f.name) for f in dataclasses.fields(part)}
@@ -263,7 +261,7 @@ def sum_gradients(params: Sequence[Tensor], numbers: Tensor) -> Tensor:
     flat = flat.to(like.device)
     offset = 0
     for p, any_rank in zip(params, flat[-len(numbers) - len(params) : -len(numbers)].tolist()):
-        p.grad = flat[offset : offset + p.numel()].view_as(p).clone() if any_rank else None
+        p.grad = flat[offset : offset + p.numel()].view_as(p) if any_rank else None  # a view: no copy
         offset += p.numel()
     return flat[-len(numbers):].cpu()
 

@@ -280,11 +280,12 @@ class TrialSampler:
         # rollout stay on the CPU: one copy of the B inputs there and of the B actions back per step.
         device = getattr(policy, "device", torch.device("cpu"))
         on_device = lambda s: Starts(s.episode.to(device), s.trial.to(device))  # noqa: E731
-        current = self.envs.reset(tasks, env_seeds)
+        # no tasks (a process whose share of a meta-test is empty): an empty rollout of the right shape
+        current = self.envs.reset(tasks, env_seeds) if n else None
         starts = Starts(episode=torch.ones(n, dtype=torch.bool), trial=torch.ones(n, dtype=torch.bool))
         state = policy.initial_state(n)
         no_start = on_device(Starts(episode=torch.zeros(n, dtype=torch.bool), trial=torch.zeros(n, dtype=torch.bool)))
-        for t in range(steps):
+        for t in range(steps if n else 0):
             x = torch.from_numpy(current)
             step, state = policy.act(x.to(device), state, on_device(starts), generators, deterministic)
             step_actions = step.actions.cpu()

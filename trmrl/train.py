@@ -105,9 +105,8 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
 
 
 def check_data_parallel(config: TrainConfig, n: int) -> None:
-    """For a run of n processes: an algorithm that splits its work between them, and counts they
-    divide (an epoch's tasks: equal shares keep the processes in step) or cover (the meta-test's
-    tasks: every process takes at least one)."""
+    """For a run of n processes: an algorithm that splits its work between them, and an epoch's
+    tasks they divide (equal shares keep the processes in step)."""
     from trmrl.algos import algorithm_class
 
     if n == 1:
@@ -118,11 +117,6 @@ def check_data_parallel(config: TrainConfig, n: int) -> None:
     if config.task.tasks_per_epoch % n:
         raise ConfigError(f"task.tasks_per_epoch ({config.task.tasks_per_epoch}) must be a multiple of the number "
                           f"of processes ({n}): equal shares keep them in step")
-    e = config.eval
-    for name, count in (("eval.n_tasks", e.n_tasks if e.every_epochs else n),
-                        ("eval.final_n_tasks", e.final_n_tasks if e.final else n)):
-        if count < n:
-            raise ConfigError(f"{name} ({count}) must be at least the number of processes ({n})")
 
 
 def data_parallel_algorithms() -> list[str]:
