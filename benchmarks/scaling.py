@@ -4,6 +4,7 @@ processes spend in collectives; the cost of one gradient all-reduce alone; and a
 an epoch and of the preset's budget over N machines, derived from those parts.
 
     python benchmarks/scaling.py [--presets cheetah-vel ant-dir ml1-reach] [--epochs 3]
+    python benchmarks/scaling.py --latency      # one collective's latency floor, seconds to run
 
 Each preset trains `--epochs` epochs per setup (the first is left out of the medians: start-up
 costs) with no meta-test; `--tasks-per-epoch K` overrides the preset's epoch (MetaWorld's 25 x
@@ -107,7 +108,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--tasks-per-epoch", type=int, nargs="*", default=None,
                         help="one per preset (0: the preset's own)")
+    parser.add_argument("--latency", action="store_true",
+                        help="time only an all-reduce of 3 floats: the latency floor of one collective")
     args = parser.parse_args()
+    if args.latency:
+        print(f"one all-reduce of 3 floats, 2 processes over loopback: {allreduce_ms(3):.3f} ms")
+        return
     overrides = args.tasks_per_epoch or [0] * len(args.presets)
 
     rows, parts = [], {}
