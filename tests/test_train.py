@@ -69,6 +69,25 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+DECAYING = dict(policy_lr_decay=True, value_lr_decay=True, decay_epoch_start=1, decay_epoch_end=8, min_lr_factor=0.1)
+
+
+@pytest.mark.parametrize("algo", ["trmrl", "rl2", "varibad"])
+def test_resume_after_the_learning_rate_started_decaying_matches_an_uninterrupted_run(tmp_path, algo):
+    """Every paper preset decays its learning rates by gradient step; a resumed run must pick the
+    schedule up where it stood (the step count comes from the checkpoint's epoch), not restart it."""
+    config = tiny_config(algo=algo, total_env_steps=5 * 80, ppo=dataclasses.replace(tiny_config().ppo, **DECAYING))
+    full = train(config, tmp_path / "full")
+    assert train(config, tmp_path / "split", max_epochs=3) == {}  # stopped inside the decay
+    resumed = train(config, tmp_path / "split", resume=True)
+    records = without_timing(read_metrics(tmp_path / "split"))
+    rates = [r["charts/policy_lr"] for r in records if "charts/policy_lr" in r]
+    # the rate falls at every epoch, before and after the resume (the decay runs to epoch 8)
+    assert len(rates) == 5 and all(a > b for a, b in zip(rates, rates[1:])) and rates[0] < 3e-4, rates
+    assert records == without_timing(read_metrics(tmp_path / "full"))
+    assert resumed == full
+
+
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     import trmrl.ppo as ppo
 
