@@ -1,9 +1,13 @@
 import dataclasses
+from collections.abc import Sequence
 
 import pytest
 import torch
 
 from trmrl.config import EvalConfig, ModelConfig, PPOConfig, TaskConfig, TrainConfig
+from trmrl.evaluate import MetaTester, resolve_protocol
+from trmrl.protocols import Starts, Step
+from trmrl.tasks import make_task_distribution
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +31,65 @@ def tiny_config(**changes) -> TrainConfig:
         progress=False,
     )
     return dataclasses.replace(config, **changes)
+
+
+class ConstantPolicy:
+    """A memoryless agent at its best on point-nav: the same action at every step, whatever it
+    observes (`Policy[None]`)."""
+
+    def __init__(self, action: Sequence[float]) -> None:
+        self.action = torch.tensor(action, dtype=torch.float32)
+
+    def initial_state(self, n: int) -> None:
+        return None
+
+    def act(self, inputs, state, starts: Starts, generators, deterministic: bool = False) -> tuple[Step, None]:
+        zeros = torch.zeros(len(inputs))
+        return Step(self.action.expand(len(inputs), -1), zeros, zeros), None
+
+    def value(self, inputs, state, starts: Starts):
+        return torch.zeros(len(inputs))
+
+
+class GoToPolicy:
+    """A memoryless agent at its best on point-nav-xy, where it observes its position: it heads
+    for one fixed point and stays there, whatever the task (`Policy[None]`)."""
+
+    def __init__(self, target: Sequence[float], step_size: float) -> None:
+        self.target, self.step_size = torch.tensor(target, dtype=torch.float32), step_size
+
+    def initial_state(self, n: int) -> None:
+        return None
+
+    def act(self, inputs, state, starts: Starts, generators, deterministic: bool = False) -> tuple[Step, None]:
+        position = inputs[:, :2]  # the trial input begins with the observation
+        zeros = torch.zeros(len(inputs))
+        return Step(((self.target - position) / self.step_size).clamp(-1.0, 1.0), zeros, zeros), None
+
+    def value(self, inputs, state, starts: Starts):
+        return torch.zeros(len(inputs))
+
+
+def memoryless_return(config: TrainConfig) -> float:
+    """The best a learner without memory scores on the run's final meta-test tasks (the tasks its
+    `return_per_episode` was measured on): on point-nav the best constant action's, on
+    point-nav-xy the best fixed point's to go to (a grid around the goals' mean; each evaluation
+    takes about 0.1 s)."""
+    if config.task.name == "point-nav":
+        return max(policy_return(config, ConstantPolicy((x, y))) for x in (-0.1, 0.0, 0.1) for y in (0.5, 0.54, 0.58))
+    assert config.task.name == "point-nav-xy", config.task.name
+    return max(policy_return(config, GoToPolicy((x, y), config.task.step_size))
+               for x in (-0.2, -0.1, 0.0, 0.1, 0.2) for y in (0.6, 0.7, 0.8, 0.9))
+
+
+def policy_return(config: TrainConfig, policy) -> float:
+    """The mean return of a fixed `policy` on the run's final meta-test tasks."""
+    e = config.eval
+    protocol = resolve_protocol("adaptation", config.task.name, n_tasks=e.final_n_tasks, episodes=e.final_episodes,
+                                deterministic=e.deterministic)
+    tester = MetaTester(make_task_distribution(config.task.name, **config.task_options()), protocol,
+                        config.task.max_episode_steps, e.seed)
+    try:
+        return float(tester.run(policy).returns.mean())
+    finally:
+        tester.close()

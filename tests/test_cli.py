@@ -54,7 +54,8 @@ def test_bad_input_gives_one_clear_line(args, fragments):
 def test_train_then_resume_end_to_end(tmp_path):
     run = tmp_path / "run"
     small = ["--total-env-steps", "640", "--task.tasks-per-epoch", "8", "--eval.n-tasks", "4",
-             "--eval.final-n-tasks", "4", "--model.d-model", "16", "--run-dir", str(run), "--no-progress"]
+             "--eval.final-n-tasks", "4", "--model.d-model", "16", "--run-dir", str(run), "--no-progress",
+             "--torch-threads", "1"]
     result = trmrl("train", "point-nav", "--algo", "trmrl", *small)
     assert result.returncode == 0, result.stderr
     assert "random policy" in result.stdout and f"run directory: {run}" in result.stdout
@@ -70,6 +71,18 @@ def test_train_then_resume_end_to_end(tmp_path):
     trained = [(r["epoch"], r["charts/env_steps"]) for r in records if "losses/policy_loss" in r]
     tested = [(r["epoch"], r["charts/env_steps"]) for r in records if "meta_test/episode_0/return" in r]
     assert trained == [(0, 320), (1, 640), (2, 960), (3, 1280)] and tested == [(0, 0), (4, 1280)]
+    # ... the numbers of one uninterrupted run of the same config, and its final meta-test
+    from trmrl.config import TrainConfig, from_dict
+    from trmrl.log import read_metrics
+    from trmrl.train import train
+
+    config = from_dict(TrainConfig, json.loads((run / "config.json").read_text())).replace(total_env_steps=1280)
+    train(config, tmp_path / "uninterrupted")
+    untimed = lambda d: [{k: v for k, v in r.items()  # noqa: E731
+                          if not (k.startswith("time/") or k.endswith("sps") or "per_s" in k)} for r in read_metrics(d)]
+    assert untimed(run) == untimed(tmp_path / "uninterrupted")
+    assert json.loads((run / "eval" / "adaptation.json").read_text())["returns"] == \
+        json.loads((tmp_path / "uninterrupted" / "eval" / "adaptation.json").read_text())["returns"]
 
     # a resumed run keeps its config: a change other than the budget is refused in one line
     assert_one_error_line(trmrl("train", "--resume", str(run), "--model.window", "3"),
