@@ -13,6 +13,7 @@ import torch
 from trmrl.algos.pearl import (
     PEARL,
     ContextEncoder,
+    TanhGaussianPolicy,
     TaskBuffers,
     kl_to_prior,
     product_of_gaussians,
@@ -37,6 +38,23 @@ def tiny_pearl(task="point-nav", seed=3, **changes):
                        pearl=TINY if not changes else TINY.__class__(**{**TINY.__dict__, **changes}),
                        eval=EvalConfig(every_epochs=1, n_tasks=3, episodes=3, final_n_tasks=3, final_episodes=3),
                        checkpoint_every=1, progress=False)
+
+
+def test_policy_has_three_relu_hidden_layers_and_small_heads_as_oyster():
+    """oyster's TanhGaussianPolicy: three hidden layers of net_size, each uniform in
+    +-1/sqrt(fan_in) with bias 0.1 and a ReLU after it, then mean and log-std layers in +-1e-3."""
+    policy = TanhGaussianPolicy(7, 2, 300, torch.Generator().manual_seed(0))
+    hidden = [m for m in policy.trunk if isinstance(m, torch.nn.Module) and hasattr(m, "weight")]
+    assert [tuple(m.weight.shape[1:]) for m in hidden] == [(7, 300), (300, 300), (300, 300)]
+    assert sum(isinstance(m, torch.nn.ReLU) for m in policy.trunk) == 3 and isinstance(policy.trunk[-1], torch.nn.ReLU)
+    for layer, fan_in in zip(hidden, (7, 300, 300)):
+        assert layer.weight.abs().max().item() == pytest.approx(fan_in**-0.5, rel=0.02)
+        assert torch.all(layer.bias == 0.1)
+    assert policy.heads.weight.abs().max().item() == pytest.approx(1e-3, rel=0.02)
+    # so the initial policy's mean depends on its input (with a near-zero third layer it barely did)
+    x = torch.randn(64, 7, generator=torch.Generator().manual_seed(1))
+    mean, _ = policy(x)
+    assert mean.std(0).mean().item() > 0.1 * mean.abs().mean().item(), mean.std(0)
 
 
 def test_product_of_two_gaussians_by_hand():

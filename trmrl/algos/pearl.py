@@ -87,11 +87,13 @@ def soft_v_target(q: Tensor, log_pi: Tensor) -> Tensor:
 class LinearEnsemble(nn.Module):
     """K independent linear layers applied at once (one batched matmul): (K, N, in) -> (K, N, out).
     Initialised as the authors' MLPs: hidden layers uniform in +-1/sqrt(fan_in) with bias 0.1,
-    the output layer uniform in +-3e-3."""
+    an output layer (weights and bias) uniform in +-`output_bound` (oyster: 3e-3; 1e-3 for the
+    policy's mean and log-std)."""
 
-    def __init__(self, k: int, n_in: int, n_out: int, output: bool, generator: torch.Generator) -> None:
+    def __init__(self, k: int, n_in: int, n_out: int, output: bool, generator: torch.Generator,
+                 output_bound: float = 3e-3) -> None:
         super().__init__()
-        bound = 3e-3 if output else 1.0 / math.sqrt(n_in)
+        bound = output_bound if output else 1.0 / math.sqrt(n_in)
         self.weight = nn.Parameter((torch.rand(k, n_in, n_out, generator=generator) * 2 - 1) * bound)
         bias = (torch.rand(k, 1, n_out, generator=generator) * 2 - 1) * bound if output else torch.full((k, 1, n_out), 0.1)
         self.bias = nn.Parameter(bias)
@@ -101,12 +103,14 @@ class LinearEnsemble(nn.Module):
 
 
 class MLPEnsemble(nn.Sequential):
-    """K ReLU MLPs of the same sizes evaluated together: x (K, N, in) or (N, in) -> (K, N, out)."""
+    """K ReLU MLPs of the same sizes evaluated together: x (K, N, in) or (N, in) -> (K, N, out).
+    The last layer is a linear output layer; with `output_layer=False` every layer is a hidden one
+    (hidden init, ReLU after it): a trunk for heads of its own."""
 
-    def __init__(self, k: int, sizes: Sequence[int], generator: torch.Generator) -> None:
+    def __init__(self, k: int, sizes: Sequence[int], generator: torch.Generator, output_layer: bool = True) -> None:
         layers: list[nn.Module] = []
         for i in range(len(sizes) - 1):
-            last = i == len(sizes) - 2
+            last = output_layer and i == len(sizes) - 2
             layers.append(LinearEnsemble(k, sizes[i], sizes[i + 1], last, generator))
             if not last:
                 layers.append(nn.ReLU())
@@ -140,13 +144,15 @@ class TanhGaussianPolicy(nn.Module):
 
     def __init__(self, input_dim: int, act_dim: int, width: int, generator: torch.Generator) -> None:
         super().__init__()
-        self.trunk = MLPEnsemble(1, [input_dim, width, width, width], generator)
+        # oyster's policy: three ReLU hidden layers, then `last_fc` and `last_fc_log_std` (here
+        # one layer of both) uniform in +-1e-3
+        self.trunk = MLPEnsemble(1, [input_dim, width, width, width], generator, output_layer=False)
         self.act_dim = act_dim
-        self.heads = LinearEnsemble(1, width, 2 * act_dim, True, generator)  # mean and log-std
+        self.heads = LinearEnsemble(1, width, 2 * act_dim, True, generator, output_bound=1e-3)  # mean and log-std
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """x (N, S + Z) -> pre-tanh mean, log_std (N, A)."""
-        out = self.heads(F.relu(self.trunk(x)))[0]
+        out = self.heads(self.trunk(x))[0]
         return out[:, : self.act_dim], out[:, self.act_dim :].clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def sample(self, x: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
