@@ -4,6 +4,7 @@ the episodes of a trial and resets at trial starts, and RL^2 meta-learns point-n
 import numpy as np
 import pytest
 import torch
+from conftest import memoryless_return
 
 from trmrl.algos.rl2 import RL2Policy, _ChunkStartRecorder, make_chunks
 from trmrl.config import PPOConfig, RL2Config
@@ -95,7 +96,7 @@ def test_train_resume_and_eval_an_rl2_run_from_the_command_line(tmp_path):
 
     run = tmp_path / "rl2"
     small = ["--total-env-steps", "640", "--task.tasks-per-epoch", "8", "--eval.n-tasks", "4", "--eval.final-n-tasks",
-             "4", "--rl2.hidden-size", "16", "--no-progress"]
+             "4", "--rl2.hidden-size", "16", "--no-progress", "--torch-threads", "1"]
     cli = lambda *a: subprocess.run([sys.executable, "-m", "trmrl.cli", *a], capture_output=True, text=True,  # noqa: E731
                                     timeout=300)
     result = cli("train", "point-nav", "--algo", "rl2", "--run-dir", str(run), *small)
@@ -103,32 +104,51 @@ def test_train_resume_and_eval_an_rl2_run_from_the_command_line(tmp_path):
     assert json.loads((run / "config.json").read_text())["rl2"]["bptt_chunk"] == 40  # the rl2 preset
     result = cli("train", "--resume", str(run), "--total-env-steps", "1280", "--no-progress")
     assert result.returncode == 0, result.stderr
+    # the resumed run's numbers are those of one uninterrupted run of its config
+    from trmrl.config import TrainConfig, from_dict
+    from trmrl.log import read_metrics
+    from trmrl.train import train
+
+    train(from_dict(TrainConfig, json.loads((run / "config.json").read_text())).replace(total_env_steps=1280),
+          tmp_path / "uninterrupted")
+    untimed = lambda d: [{k: v for k, v in r.items()  # noqa: E731
+                          if not (k.startswith("time/") or k.endswith("sps") or "per_s" in k)} for r in read_metrics(d)]
+    assert untimed(run) == untimed(tmp_path / "uninterrupted")
     result = cli("eval", str(run), "--n-tasks", "3", "--episodes", "2")
     assert result.returncode == 0 and "adaptation: 3 held-out tasks" in result.stdout, result.stderr
     result = cli("eval", str(run), "--attention")
     assert result.returncode == 2 and "TrMRL's attention" in result.stderr
 
 
-def rl2_point_nav(tmp_path, steps: int, **rl2) -> float:
-    """The point-nav rl2 preset (seed 1, one thread): mean final meta-test return and random's."""
+def rl2_point_nav(tmp_path, steps: int, final_tasks: int = 50, final_episodes: int = 4, **rl2):
+    """The point-nav rl2 preset (seed 1, one thread): its final meta-test summary and config."""
     from trmrl.presets import get_preset
     from trmrl.train import train
 
-    config = get_preset("point-nav", "rl2").replace(seed=1, total_env_steps=steps, progress=False, torch_threads=1,
-                                                    eval={"every_epochs": 0}, rl2=rl2)
-    summary = train(config, tmp_path / f"rl2-{len(rl2)}")
-    return float(np.mean(summary["return_per_episode"])), float(np.mean(summary["random_return_per_episode"]))
+    config = get_preset("point-nav", "rl2").replace(
+        seed=1, total_env_steps=steps, progress=False, torch_threads=1, rl2=rl2,
+        eval={"every_epochs": 0, "final_n_tasks": final_tasks, "final_episodes": final_episodes})
+    return train(config, tmp_path / f"rl2-{len(rl2)}"), config
 
 
 def test_rl2_meta_learns_point_nav_in_a_short_run(tmp_path):
-    # measured: 100k steps -13.55, random -20.44 on the same 50 held-out tasks
-    rl2, random = rl2_point_nav(tmp_path, 100_000)
-    assert rl2 > random + 4, (rl2, random)
+    """Beats the best agent without memory on the same held-out tasks, and does better in the
+    trial's second episode than in its first: it uses what the first one showed."""
+    # measured (seed 1, 300k steps, 20 tasks x 2 episodes): -12.79 / -10.01 per episode, the best
+    # constant action -14.00, random -20.66; the reset-every-step ablation scores about the
+    # constant action (-14.26 at 100k steps on 50 tasks) with equal episodes
+    summary, config = rl2_point_nav(tmp_path, 300_000, final_tasks=20, final_episodes=2)
+    first, second = summary["return_per_episode"]
+    floor = memoryless_return(config)
+    assert np.mean([first, second]) > floor + 1.5, (first, second, floor)
+    assert second > first + 1.0, (first, second)
 
 
 @pytest.mark.slow
 def test_rl2_beats_its_memoryless_ablation(tmp_path):
     # measured: 400k steps RL^2 -8.05, reset every step -13.78, random -20.44 (same 50 held-out tasks)
-    rl2, random = rl2_point_nav(tmp_path, 400_000)
+    rl2, _ = rl2_point_nav(tmp_path, 400_000)
     reset, _ = rl2_point_nav(tmp_path, 400_000, reset_every_step=True, bptt_chunk=1)
+    rl2, reset, random = (np.mean(s[key]) for s, key in ((rl2, "return_per_episode"), (reset, "return_per_episode"),
+                                                        (rl2, "random_return_per_episode")))
     assert rl2 > reset + 3 and reset > random, (rl2, reset, random)
