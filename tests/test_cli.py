@@ -47,8 +47,16 @@ def assert_one_error_line(result, *fragments):
         (["train", "point-nav", "--task.goal-arc", "400"], ["task.goal_arc must be in (0, 360]"]),
     ],
 )
-def test_bad_input_gives_one_clear_line(args, fragments):
-    assert_one_error_line(trmrl(*args), *fragments)
+def test_bad_input_gives_one_clear_line(args, fragments, capsys):
+    # in this process (an interpreter start per case costs seconds); the real entry point below
+    from trmrl.cli import main
+
+    code = main(args)
+    assert_one_error_line(subprocess.CompletedProcess(args, code, "", capsys.readouterr().err), *fragments)
+
+
+def test_bad_input_through_the_installed_entry_point():
+    assert_one_error_line(trmrl("train", "point-nav", "--model.d-modle", "64"), "did you mean --model.d-model?")
 
 
 def test_train_then_resume_end_to_end(tmp_path):

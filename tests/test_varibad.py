@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import memoryless_return
 
 from trmrl.algos.varibad import (
     Decoder,
@@ -173,12 +174,16 @@ def test_varibad_config_and_presets():
     assert (v.latent_size, v.gru_hidden, v.kl_weight, v.vae_batch, v.vae_buffer, v.reward_decoder) == (5, 128, 0.1, 10, 10_000, (64, 32))
 
 
-def test_varibad_learns_point_nav_above_random(tmp_path):
-    """A short run of the point-nav preset: the meta-test return beats a random policy's (about
-    -20.4) by a clear margin."""
+def test_varibad_learns_point_nav_beyond_a_memoryless_agent(tmp_path):
+    """The point-nav preset at its 400k-step budget: in a trial's first episode, where VariBAD is
+    at its best on point-nav (README), its belief beats the best agent without memory on the same
+    held-out tasks by a clear margin, and over the trial it is still ahead of it."""
     config = get_preset("point-nav", "varibad").replace(
-        seed=1, progress=False, torch_threads=1, total_env_steps=120_000,
+        seed=1, progress=False, torch_threads=1, total_env_steps=400_000,
         eval=EvalConfig(every_epochs=0, final_n_tasks=20, final_episodes=2))
     summary = train(config, tmp_path / "run")
-    # measured: -16.5 and -16.2 against the random policy's -21.2 and -20.1
-    assert np.mean(summary["return_per_episode"]) > np.mean(summary["random_return_per_episode"]) + 3.0, summary
+    # measured: -10.06 and -13.27 per episode; the best constant action -14.00, random -20.66
+    # (at 120k steps it was -15.9, below the constant action)
+    first, second = summary["return_per_episode"]
+    floor = memoryless_return(config)
+    assert first > floor + 2.0 and (first + second) / 2 > floor + 1.0, (first, second, floor)
