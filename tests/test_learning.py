@@ -1,10 +1,12 @@
-"""TrMRL meta-learns point-nav: it reaches a stated return on held-out tasks and clearly beats
-the same agent with a window of one working memory (W = 1), which cannot locate the goal."""
+"""TrMRL meta-learns point-nav: it reaches a stated return on held-out tasks, clearly above the
+best agent without memory on the same tasks; over three seeds (slow) it also beats the same agent
+with a window of one working memory (W = 1), which cannot locate the goal."""
 
 import dataclasses
 
 import numpy as np
 import pytest
+from conftest import memoryless_return
 
 from trmrl.presets import get_preset
 from trmrl.stats import iqm
@@ -36,9 +38,12 @@ def check(tmp_path, seeds: tuple[int, ...], threshold: float, margin: float) -> 
 
 
 def test_trmrl_meta_learns_point_nav(tmp_path):
-    # measured (README, benchmarks/point_nav_variants.py r1-half): seed 1, W = 5 -6.99,
-    # W = 1 -11.23, random -20.44
-    check(tmp_path, seeds=(1,), threshold=-9.0, margin=3.0)
+    # measured (README, benchmarks/point_nav_variants.py r1-half): seed 1, W = 5 -6.99 on the 50
+    # tasks; the best constant action -14.38, W = 1 -11.23 (the slow test below), random -20.44
+    result = run(tmp_path, 5, 1)
+    trmrl_return = float(np.mean(result["return_per_episode"]))
+    floor = memoryless_return(get_preset("point-nav"))
+    assert trmrl_return > -9.0 and trmrl_return > floor + 4.0, (trmrl_return, floor)
 
 
 @pytest.mark.slow

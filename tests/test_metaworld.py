@@ -175,7 +175,7 @@ def test_short_run_on_a_class_subset_reports_success_per_held_out_class(tmp_path
         options=("seed", "reward_function_version"), replace=True)
     config = TrainConfig(
         preset="metaworld-smoke", total_env_steps=160, seed=3, progress=False,
-        task=TaskConfig(name="metaworld-smoke", episodes_per_trial=2, max_episode_steps=20, tasks_per_epoch=4),
+        task=TaskConfig(name="metaworld-smoke", episodes_per_trial=2, max_episode_steps=10, tasks_per_epoch=4),
         model=ModelConfig(d_model=16, n_heads=2, d_ff=32, n_layers=1, window=3, init_std=1.0, output_weights_scale=0.01),
         ppo=PPOConfig(update_epochs=1, minibatch_size=40),
         eval=EvalConfig(every_epochs=1, n_tasks=4, episodes=2, final_n_tasks=4, final_episodes=2),
