@@ -5,6 +5,7 @@ import resource
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -129,3 +130,41 @@ def test_missing_simulator_is_one_clear_line():
             "sys.exit(main(['train', 'cheetah-vel', '--total-env-steps', '1']))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert_one_error_line(result, "needs MuJoCo")
+
+
+def test_a_resume_cannot_shorten_a_run(tmp_path):
+    """A budget below the run's steps is refused in one line, and the run is left as it was (no
+    curve point deleted, no re-test logged at a step the agent has passed, no result rewritten)."""
+    run = tmp_path / "run"
+    result = trmrl("train", "point-nav", "--total-env-steps", "1280", "--task.tasks-per-epoch", "8",
+                   "--eval.n-tasks", "4", "--eval.final-n-tasks", "4", "--model.d-model", "16", "--run-dir", str(run),
+                   "--no-progress", "--torch-threads", "1")
+    assert result.returncode == 0, result.stderr
+    before = {p.name: p.read_bytes() for p in (run / "metrics.jsonl", run / "eval" / "adaptation.json")}
+    assert_one_error_line(trmrl("train", "--resume", str(run), "--total-env-steps", "500"),  # 2 epochs of 320
+                          "holds 1280 env steps", "--total-env-steps 500", "cannot shorten it", f"trmrl eval {run}")
+    assert {p.name: p.read_bytes() for p in (run / "metrics.jsonl", run / "eval" / "adaptation.json")} == before
+
+
+def test_ctrl_c_names_the_real_way_to_continue(tmp_path):
+    """SIGINT before the first checkpoint: the command that starts the run again in its directory;
+    after one: the resume command with the run's path, which then finishes the run."""
+    small = ["point-nav", "--total-env-steps", "400000", "--task.tasks-per-epoch", "8", "--eval.every-epochs", "0",
+             "--model.d-model", "16", "--no-progress", "--torch-threads", "1"]
+    for every, expected in (("100000", "no checkpoint was written yet; the same command with `--run-dir"),
+                            ("1", "it continues from its last checkpoint with `trmrl train --resume")):
+        run = tmp_path / f"run-{every}"
+        child = subprocess.Popen([sys.executable, "-m", "trmrl.cli", "train", *small, "--checkpoint-every", every,
+                                  "--run-dir", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == f"run directory: {run}"  # training has started
+        if every == "1":
+            deadline = time.monotonic() + 120
+            while not (run / "checkpoint.pt").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=120)
+        assert child.returncode == 130, err
+        assert err.strip().splitlines()[-1] == f"trmrl: interrupted; {expected} {run}`" + (
+            " starts it again" if every != "1" else ""), err
+    result = trmrl("train", "--resume", str(tmp_path / "run-1"), "--total-env-steps", "640", "--no-progress")
+    assert result.returncode == 0, result.stderr

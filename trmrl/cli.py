@@ -213,15 +213,23 @@ def train_command(args: list[str]) -> int:
 
         check_data_parallel(config, nproc)  # before starting anything
         return distributed.launch(nproc, ["train", *args], config.torch_threads)
-    with distributed.session(config.device, config.dist_timeout) as world:
-        if world.size > 1 and "--resume" not in args:
-            run_dir = distributed.broadcast(run_dir)  # a torchrun launch: rank 0's default name
-            config = _replace(config, run_dir=run_dir)
-        if world.rank == 0 and "--resume" not in args:
-            print(f"run directory: {run_dir}")
-        summary = train(config, run_dir, resume="--resume" in args)
-        if world.rank == 0:
-            _print_summary(summary, run_dir, config.preset, config.algo)
+    try:
+        with distributed.session(config.device, config.dist_timeout) as world:
+            if world.size > 1 and "--resume" not in args:
+                run_dir = distributed.broadcast(run_dir)  # a torchrun launch: rank 0's default name
+                config = _replace(config, run_dir=run_dir)
+            if world.rank == 0 and "--resume" not in args:
+                print(f"run directory: {run_dir}")
+            summary = train(config, run_dir, resume="--resume" in args)
+            if world.rank == 0:
+                _print_summary(summary, run_dir, config.preset, config.algo)
+    except KeyboardInterrupt:
+        if RunDir(run_dir).checkpoint.is_file():
+            how = f"it continues from its last checkpoint with `trmrl train --resume {run_dir}`"
+        else:  # nothing to resume: the same command starts it again in the same directory
+            how = f"no checkpoint was written yet; the same command with `--run-dir {run_dir}` starts it again"
+        print(f"trmrl: interrupted; {how}", file=sys.stderr)
+        return 130
     return 0
 
 

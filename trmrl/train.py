@@ -38,8 +38,12 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
     start = 0
     if resume:
         state = checkpoint.load(run.checkpoint)
-        algorithm.load_state_dict(state)
         start = int(state["epoch"])
+        if start > config.n_epochs:  # a shorter budget would cut the curve and re-test the agent at a step it passed
+            raise ConfigError(f"{run.checkpoint} holds {config.env_steps_after(start)} env steps of training, more "
+                              f"than --total-env-steps {config.total_env_steps}: a resume continues a run, it cannot "
+                              f"shorten it (test the agent as it is with `trmrl eval {run_dir}`)")
+        algorithm.load_state_dict(state)
         if main:
             run.remove_partial_checkpoints()
     elif main:
