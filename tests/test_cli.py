@@ -168,3 +168,29 @@ def test_ctrl_c_names_the_real_way_to_continue(tmp_path):
             " starts it again" if every != "1" else ""), err
     result = trmrl("train", "--resume", str(tmp_path / "run-1"), "--total-env-steps", "640", "--no-progress")
     assert result.returncode == 0, result.stderr
+
+
+def test_a_checkpoint_of_another_algorithm_is_named(tmp_path):
+    """An RL^2 checkpoint copied into a TrMRL run: resume and eval refuse it in one line naming
+    both algorithms, and nothing is written to the run."""
+    common = ["--total-env-steps", "320", "--task.tasks-per-epoch", "8", "--eval.n-tasks", "4", "--eval.final-n-tasks",
+              "4", "--no-progress", "--torch-threads", "1"]
+    for algo in ("trmrl", "rl2"):
+        result = trmrl("train", "point-nav", "--algo", algo, *common, "--run-dir", str(tmp_path / algo))
+        assert result.returncode == 0, result.stderr
+    (tmp_path / "trmrl" / "checkpoint.pt").write_bytes((tmp_path / "rl2" / "checkpoint.pt").read_bytes())
+    listing = sorted(p.name for p in (tmp_path / "trmrl" / "eval").iterdir())
+    for args in (["train", "--resume", str(tmp_path / "trmrl"), "--total-env-steps", "640"],
+                 ["eval", str(tmp_path / "trmrl"), "--n-tasks", "2"]):
+        assert_one_error_line(trmrl(*args), "holds a 'rl2' agent", "is a 'trmrl' run")
+    assert sorted(p.name for p in (tmp_path / "trmrl" / "eval").iterdir()) == listing
+
+
+def test_a_checkpoint_that_does_not_fit_its_config_says_what_differs():
+    from trmrl.checkpoint import restoring
+    from trmrl.errors import CheckpointError
+
+    with pytest.raises(CheckpointError) as caught, restoring():
+        torch.nn.Linear(2, 2).load_state_dict({"weight": torch.zeros(2, 2), "extra": torch.zeros(1)})
+    message = str(caught.value)
+    assert "\n" not in message and "Missing key(s)" in message and '"bias"' in message and '"extra"' in message

@@ -55,4 +55,7 @@ def restoring() -> Iterator[None]:
     try:
         yield
     except (KeyError, RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint does not match its config: {str(exc).splitlines()[0]}") from exc
+        # torch's load_state_dict error spans lines (a header, then the missing and unexpected keys)
+        detail = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        detail = detail if len(detail) <= 300 else detail[:297] + "..."
+        raise CheckpointError(f"checkpoint does not match its config: {detail}") from exc

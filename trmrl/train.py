@@ -38,6 +38,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
     start = 0
     if resume:
         state = checkpoint.load(run.checkpoint)
+        check_same_algorithm(state, config.algo, run.checkpoint)
         start = int(state["epoch"])
         if start > config.n_epochs:  # a shorter budget would cut the curve and re-test the agent at a step it passed
             raise ConfigError(f"{run.checkpoint} holds {config.env_steps_after(start)} env steps of training, more "
@@ -130,6 +131,15 @@ def data_parallel_algorithms() -> list[str]:
     return [name for name in ALGORITHMS if getattr(algorithm_class(name), "data_parallel", False)]
 
 
+def check_same_algorithm(state: dict[str, Any], algo: str, file: Path) -> None:
+    """A checkpoint holds the agent of the algorithm its run was made with (one copied from another
+    run would otherwise load halfway or be tested under the wrong name)."""
+    written_by = state.get("config", {}).get("algo", algo)
+    if written_by != algo:
+        raise CheckpointError(f"{file} holds a '{written_by}' agent but its run directory is a '{algo}' run "
+                              f"(config.json); a checkpoint belongs to the run that wrote it")
+
+
 def load_trained(path: Path) -> tuple[TrainConfig, Algorithm, RunDir]:
     """(config, algorithm with its trained state, run directory) from a run directory or a
     checkpoint file in one."""
@@ -141,6 +151,9 @@ def load_trained(path: Path) -> tuple[TrainConfig, Algorithm, RunDir]:
         config = from_dict(TrainConfig, state["config"])
     except (KeyError, TypeError, ConfigError) as exc:
         raise CheckpointError(f"{file} holds an incompatible config: {exc}") from None
+    run = RunDir(file.parent)
+    if run.config.is_file():  # results go to this run directory: they must be of its algorithm
+        check_same_algorithm(state, run.read_config().algo, file)
     algorithm = make_algorithm(config, make_task_distribution(config.task.name, **config.task_options()))
     algorithm.load_state_dict(state)
-    return config, algorithm, RunDir(file.parent)
+    return config, algorithm, run
