@@ -194,3 +194,14 @@ def test_a_checkpoint_that_does_not_fit_its_config_says_what_differs():
         torch.nn.Linear(2, 2).load_state_dict({"weight": torch.zeros(2, 2), "extra": torch.zeros(1)})
     message = str(caught.value)
     assert "\n" not in message and "Missing key(s)" in message and '"bias"' in message and '"extra"' in message
+
+
+def test_eval_help_explains_each_protocol(capsys):
+    from trmrl.cli import main
+    from trmrl.evaluate import PROTOCOLS
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    section = text[text.index("--protocol {"):text.index("--n-tasks N_TASKS")]
+    assert all(f"{name}:" in section or f"{name} (default):" in section for name in PROTOCOLS), section

@@ -258,7 +258,11 @@ def eval_command(args: list[str]) -> None:
 
     parser = _Parser(prog="trmrl eval", description="Meta-test a trained agent on held-out tasks.")
     parser.add_argument("path", type=Path, metavar="RUN_DIR_OR_CHECKPOINT")
-    parser.add_argument("--protocol", default="adaptation", choices=list(PROTOCOLS))
+    parser.add_argument("--protocol", default="adaptation", choices=list(PROTOCOLS),
+                        help="adaptation (default): the paper's fast adaptation, 20 held-out tasks x 6 episodes; "
+                             "ood: the same on the run's out-of-distribution tasks (cheetah-vel: U[3, 4]); "
+                             "during-training: 30 fresh tasks x 2 episodes, as logged while training; "
+                             "metaworld: every held-out class and goal, 10 adaptation then 3 evaluation episodes")
     parser.add_argument("--n-tasks", type=int, default=None, help="tasks (protocol default)")
     parser.add_argument("--episodes", type=int, default=None, help="episodes per trial (protocol default)")
     parser.add_argument("--sampled", action="store_true", help="sample actions instead of the mean")
