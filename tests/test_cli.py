@@ -203,5 +203,6 @@ def test_eval_help_explains_each_protocol(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    section = text[text.index("--protocol {"):text.index("--n-tasks N_TASKS")]
+    start = text.index("--protocol {", text.index("options:"))
+    section = text[start:text.index("--n-tasks N_TASKS", start)]
     assert all(f"{name}:" in section or f"{name} (default):" in section for name in PROTOCOLS), section
