@@ -180,3 +180,24 @@ def test_episode_scope_hides_the_previous_episode_from_the_policy(scope):
     a = policy.value(carried, state, starts)
     b = policy.value(zeroed, state, starts)
     assert torch.equal(a, b) == (scope == "episode")
+
+
+def test_shared_log_std_is_one_parameter_broadcast_to_every_action_dimension():
+    """`model.shared_log_std` (the original code before 2021-05-11): one log-std for all A
+    dimensions; log-prob and entropy as for A equal stds, and its gradient the sum of the
+    per-dimension ones of the default model from the same initialisation."""
+    import dataclasses
+
+    shared = model(dataclasses.replace(SMALL, shared_log_std=True, init_std=0.3), act_dim=3)
+    per_dim = model(dataclasses.replace(SMALL, init_std=0.3), act_dim=3)
+    assert shared.log_std.shape == (1,) and per_dim.log_std.shape == (3,)
+    windows, lengths = torch.randn(5, SMALL.window, 4, generator=torch.Generator().manual_seed(2)), torch.full((5,), 2)
+    out_shared, out_per_dim = shared(windows, lengths), per_dim(windows, lengths)
+    assert out_shared.log_std.shape == (3,) and torch.equal(out_shared.log_std, out_per_dim.log_std)
+    # entropy of 3 equal Gaussians by hand: 3 (log 0.3 + 0.5 log(2 pi e))
+    assert float(out_shared.entropy().detach()) == pytest.approx(3 * (math.log(0.3) + 0.5 * math.log(2 * math.pi * math.e)))
+    action = torch.zeros(5, 3)
+    torch.testing.assert_close(out_shared.log_prob(action), out_per_dim.log_prob(action))
+    out_shared.log_prob(action).sum().backward()
+    out_per_dim.log_prob(action).sum().backward()
+    torch.testing.assert_close(shared.log_std.grad, per_dim.log_std.grad.sum().reshape(1))

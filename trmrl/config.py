@@ -101,6 +101,9 @@ class ModelConfig:
     """Initial standard deviation of the Gaussian policy (state-independent, learned)."""
     output_weights_scale: float = 1.0
     """Xavier gain of the policy head's output layer."""
+    shared_log_std: bool = False
+    """One learned log-std shared by every action dimension (the original code until 2021-05-11,
+    when it became one per dimension, the default here)."""
     share_network: bool = False
     """True: the value head reads the policy's latest memory (gradients reach the transformer).
     False: a separate value MLP reads the single augmented observation."""

@@ -78,7 +78,7 @@ class ActorCritic(nn.Module):
         self.transformer = CausalTransformer(d, config.n_heads, config.d_ff, config.n_layers, config.window)
         initialize(self.embedding, self.transformer, config.tfixup, generator)
         self.head = mlp([d, *config.head_hidden, act_dim], config.output_weights_scale, generator)
-        self.log_std = nn.Parameter(torch.full((act_dim,), math.log(config.init_std)))
+        self.log_std = nn.Parameter(torch.full((1 if config.shared_log_std else act_dim,), math.log(config.init_std)))
         value_in = d if config.share_network else obs_dim
         self.value_net = mlp([value_in, *config.value_hidden, 1], 1.0, generator)
         # sigma of the Gaussian value model (used by the 'nll' value loss)
@@ -93,7 +93,7 @@ class ActorCritic(nn.Module):
 
     def forward(self, windows: Tensor, lengths: Tensor) -> PolicyOutput:
         memory = self.latest_memory(windows, lengths)
-        log_std = self.log_std.clamp(min=MIN_LOG_STD)
+        log_std = self.log_std.clamp(min=MIN_LOG_STD).expand(self.act_dim)  # (A,), a view of a shared one
         return PolicyOutput(self.head(memory), log_std, self.value(windows, lengths, memory))
 
     def value(self, windows: Tensor, lengths: Tensor, memory: Tensor | None = None) -> Tensor:
