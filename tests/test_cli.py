@@ -206,3 +206,25 @@ def test_eval_help_explains_each_protocol(capsys):
     start = text.index("--protocol {", text.index("options:"))
     section = text[start:text.index("--n-tasks N_TASKS", start)]
     assert all(f"{name}:" in section or f"{name} (default):" in section for name in PROTOCOLS), section
+
+
+def test_a_run_logged_to_a_file_gives_a_readable_line_per_epoch_and_each_meta_test(tmp_path):
+    """stdout not a terminal (a batch job's log): plain lines, no carriage-return redraws; a line
+    for the first and the last epoch (and between them at most one per 30 s), one per meta-test."""
+    result = trmrl("train", "point-nav", "--total-env-steps", "640", "--task.tasks-per-epoch", "8",
+                   "--eval.every-epochs", "1", "--eval.n-tasks", "4", "--eval.final-n-tasks", "4",
+                   "--model.d-model", "16", "--run-dir", str(tmp_path / "run"), "--torch-threads", "1")
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("[point-nav] ")]
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in records if "losses/policy_loss" in r]
+    tested = [r for r in records if "meta_test/episode_0/return" in r]
+    assert [line.split(" | ")[0] for line in lines if " | " in line] == ["[point-nav] epoch 1/2", "[point-nav] epoch 2/2"]
+    assert [line for line in lines if "meta-test" in line] == [
+        f"[point-nav] meta-test at {r['charts/env_steps']:,} steps: return per episode "
+        f"{r['meta_test/episode_0/return']:.2f}, {r['meta_test/episode_1/return']:.2f}" for r in tested]
+    for line, record in zip((line for line in lines if " | " in line), trained):
+        assert f"{record['charts/env_steps']:,}/640 steps" in line
+        assert f"return {record['charts/episode_return']:.2f}" in line and "policy loss" in line
+    assert len(tested) == 3  # before epoch 0, after epoch 0, at the end

@@ -494,7 +494,8 @@ class TrainConfig:
     torch_threads: int = 0
     """Intra-op threads for torch (0: torch's default; `--nproc N` gives each process cores / N)."""
     progress: bool = True
-    """Show a progress bar."""
+    """Show progress: a bar on a terminal; otherwise (a batch job's log, a pipe) a plain line per
+    epoch at most every 30 s, and every meta-test's result."""
     device: str = "auto"
     """Where the model, its update and policy inference run: auto (a GPU if there is one, one per
     process), cpu, cuda or cuda:K. Simulation runs on the CPU. TrMRL and RL^2 move to a GPU; the

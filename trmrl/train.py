@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
-
 from trmrl import checkpoint, distributed
 from trmrl.algos import make_algorithm
 from trmrl.config import TrainConfig, from_dict, to_dict
 from trmrl.errors import CheckpointError, ConfigError, DistributedError, DivergenceError
 from trmrl.evaluate import MetaTester, during_training, final_meta_test
 from trmrl.log import MetricLogger
+from trmrl.progress import Progress
 from trmrl.protocols import Algorithm, TaskPool
 from trmrl.rundir import RunDir
 from trmrl.seeding import Stream, numpy_rng
@@ -57,8 +56,8 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
                         config.task.max_episode_steps, e.seed, config.task.vector_env)
     end = config.n_epochs if max_epochs is None else min(config.n_epochs, start + max_epochs)
     steps_after = config.env_steps_after
-    bar = tqdm(total=steps_after(config.n_epochs), initial=steps_after(start), unit="step", unit_scale=True,
-               disable=not (config.progress and main), dynamic_ncols=True, desc=config.preset)
+    progress = Progress(config.preset, start, end, steps_after(start), steps_after(config.n_epochs),
+                        enabled=config.progress and main)
 
     def meta_test(epoch: int) -> None:
         """The during-training protocol on the agent that has seen `epoch` epochs, logged at the
@@ -66,6 +65,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
         metrics = tester.run(algorithm.meta_learner(), index=epoch).metrics()
         if logger:
             logger.log(epoch, steps_after(epoch), metrics)
+        progress.meta_test(steps_after(epoch), metrics)
 
     epoch = start
     try:
@@ -90,17 +90,14 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
                     logger.flush()
                     checkpoint.save(run.checkpoint, {"epoch": epoch + 1, "env_steps": steps_after(epoch + 1),
                                                      "config": to_dict(config), **state})
-            collected = steps_after(epoch + 1) - steps_after(epoch)
-            bar.update(collected)
-            elapsed = metrics["time/sampling"] + metrics["time/update"]
-            bar.set_postfix(ret=f"{metrics['charts/episode_return']:.3g}", sps=f"{collected / elapsed:.0f}")
+            progress.epoch(epoch, steps_after(epoch + 1), metrics)
         if end == config.n_epochs and e.every_epochs:
             meta_test(end)  # the learning curve ends at the budget
     except (DivergenceError, DistributedError) as exc:
         kept = f"last good checkpoint kept at {run.checkpoint}" if run.checkpoint.exists() else "no checkpoint was written yet"
         raise type(exc)(f"training stopped at epoch {epoch}: {exc}; {kept}") from exc
     finally:
-        bar.close()
+        progress.close()
         if logger:
             logger.close()
         tester.close()
