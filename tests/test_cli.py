@@ -46,6 +46,8 @@ def assert_one_error_line(result, *fragments):
         (["train", "point-nav", "--algo", "nosuch"], ["unknown algorithm 'nosuch'", "trmrl"]),
         (["train", "point-nav", "--task.name", "nosuch"], ["unknown task 'nosuch'", "cheetah-vel"]),
         (["train", "point-nav", "--task.goal-arc", "400"], ["task.goal_arc must be in (0, 360]"]),
+        (["train", "point-nav", "--ppo.minibatch-size", "1000000", "--task.tasks-per-epoch", "8"],
+         ["ppo.minibatch_size (1000000) is larger than an epoch's 320 samples"]),
     ],
 )
 def test_bad_input_gives_one_clear_line(args, fragments, capsys):

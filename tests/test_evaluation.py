@@ -242,6 +242,7 @@ def test_a_run_with_an_ood_pair_ends_with_both_protocols(tmp_path):
         config, total_env_steps=40, progress=False, torch_threads=1,
         task=dataclasses.replace(config.task, tasks_per_epoch=2, max_episode_steps=10),
         model=dataclasses.replace(config.model, d_model=16, n_heads=2, d_ff=32, n_layers=1),
+        ppo=dataclasses.replace(config.ppo, minibatch_size=20),
         eval=dataclasses.replace(config.eval, every_epochs=0, final_n_tasks=3, final_episodes=2))
     summary = train(config, tmp_path)
     assert final_protocols("point-nav") == ["adaptation"]

@@ -512,6 +512,10 @@ class TrainConfig:
         _require(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
         _require(self.torch_threads >= 0, "torch_threads must be >= 0")
         _require(self.dist_timeout > 0, "dist_timeout must be > 0")
+        if self.algo not in ("maml", "pearl"):  # PPO's minibatches are drawn from an epoch's samples
+            _require(self.ppo.minibatch_size <= self.steps_per_epoch,
+                     f"ppo.minibatch_size ({self.ppo.minibatch_size}) is larger than an epoch's "
+                     f"{self.steps_per_epoch} samples (task.tasks_per_epoch x episodes x steps); use at most that")
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with `changes`; a section takes a dict of its own changes, e.g.
