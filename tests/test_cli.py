@@ -230,3 +230,18 @@ def test_a_run_logged_to_a_file_gives_a_readable_line_per_epoch_and_each_meta_te
         assert f"{record['charts/env_steps']:,}/640 steps" in line
         assert f"return {record['charts/episode_return']:.2f}" in line and "policy loss" in line
     assert len(tested) == 3  # before epoch 0, after epoch 0, at the end
+
+
+def test_plot_of_a_result_that_does_not_exist_says_so(tmp_path):
+    small = ["--total-env-steps", "320", "--task.tasks-per-epoch", "8", "--eval.n-tasks", "4", "--eval.final-n-tasks",
+             "4", "--model.d-model", "16", "--no-progress", "--torch-threads", "1"]
+    for seed in (1, 2):
+        assert trmrl("train", "point-nav", *small, "--seed", str(seed), "--run-dir", str(tmp_path / f"s{seed}")).returncode == 0
+    assert_one_error_line(trmrl("plot", str(tmp_path / "s1"), "--protocol", "adaptation-9x9-seed0", "--out",
+                                str(tmp_path / "plots")), "no run has a 'adaptation-9x9-seed0' result", "they have: adaptation")
+    assert trmrl("eval", str(tmp_path / "s1"), "--n-tasks", "2", "--episodes", "2").returncode == 0
+    result = trmrl("plot", str(tmp_path / "s1"), str(tmp_path / "s2"), "--protocol", "adaptation-2x2-seed0",
+                   "--out", str(tmp_path / "plots"))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == (f"trmrl: warning: {tmp_path / 's2'} has no 'adaptation-2x2-seed0' result; "
+                                     "its adaptation curve is left out")

@@ -350,8 +350,23 @@ def plot_command(args: list[str]) -> None:
     parser.add_argument("--paper", action=argparse.BooleanOptionalAction, default=True,
                         help="draw the paper's points for the runs' preset (default: on)")
     ns = parser.parse_args(args)
+    if any(a == "--protocol" or a.startswith("--protocol=") for a in args):  # asked for by name: it must exist
+        _check_results(ns.runs, ns.protocol)
     for path in plot_runs(ns.runs, ns.out, ns.protocol, ns.paper):
         print(f"wrote {path}")
+
+
+def _check_results(runs: Sequence[Path], protocol: str) -> None:
+    """Runs without an `eval/<protocol>.json`: an error if none has one (naming the results they
+    have), a warning naming each that lacks it otherwise."""
+    missing = [r for r in runs if not RunDir(r).eval_result(protocol).is_file()]
+    if len(missing) == len(runs):
+        have = sorted({f.stem for r in runs for f in RunDir(r).eval.glob("*.json")
+                       if not f.stem.endswith(("-random", "-oracle"))})
+        raise ConfigError(f"no run has a '{protocol}' result (eval/{protocol}.json); "
+                          f"they have: {', '.join(have) or 'none (trmrl eval RUN_DIR makes one)'}")
+    for run in missing:
+        print(f"trmrl: warning: {run} has no '{protocol}' result; its adaptation curve is left out", file=sys.stderr)
 
 
 def _quiet_writer_threads(args: threading.ExceptHookArgs) -> None:
