@@ -245,3 +245,19 @@ def test_plot_of_a_result_that_does_not_exist_says_so(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == (f"trmrl: warning: {tmp_path / 's2'} has no 'adaptation-2x2-seed0' result; "
                                      "its adaptation curve is left out")
+
+
+def test_a_budget_that_is_not_whole_epochs_is_announced():
+    from trmrl.cli import budget_note
+    from trmrl.presets import get_preset
+
+    pearl = get_preset("point-nav", "pearl").replace(total_env_steps=2000)
+    expected = pearl.initial_env_steps + pearl.steps_per_epoch
+    assert budget_note(pearl) == (f"note: --total-env-steps 2,000 is not whole epochs; the run collects {expected:,} "
+                                  f"steps: {pearl.initial_env_steps:,} initial steps and 1 epoch(s) of "
+                                  f"{pearl.steps_per_epoch:,}")
+    assert expected > 2000
+    trmrl_config = get_preset("point-nav").replace(total_env_steps=1000, task={"tasks_per_epoch": 8})
+    assert budget_note(trmrl_config) == ("note: --total-env-steps 1,000 is not whole epochs; the run collects 1,280 "
+                                         "steps: 4 epoch(s) of 320")
+    assert budget_note(trmrl_config.replace(total_env_steps=1280)) is None

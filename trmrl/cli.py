@@ -220,6 +220,8 @@ def train_command(args: list[str]) -> int:
                 config = _replace(config, run_dir=run_dir)
             if world.rank == 0 and "--resume" not in args:
                 print(f"run directory: {run_dir}")
+                if note := budget_note(config):
+                    print(note)
             summary = train(config, run_dir, resume="--resume" in args)
             if world.rank == 0:
                 _print_summary(summary, run_dir, config.preset, config.algo)
@@ -231,6 +233,17 @@ def train_command(args: list[str]) -> int:
         print(f"trmrl: interrupted; {how}", file=sys.stderr)
         return 130
     return 0
+
+
+def budget_note(config: TrainConfig) -> str | None:
+    """What the run will really collect when the budget is not a whole number of epochs (after
+    the initial steps, PEARL's pool): the budget is rounded up to whole epochs."""
+    steps = config.env_steps_after(config.n_epochs)
+    if steps == config.total_env_steps:
+        return None
+    initial = f"{config.initial_env_steps:,} initial steps and " if config.initial_env_steps else ""
+    return (f"note: --total-env-steps {config.total_env_steps:,} is not whole epochs; the run collects {steps:,} "
+            f"steps: {initial}{config.n_epochs:,} epoch(s) of {config.steps_per_epoch:,}")
 
 
 def _replace(obj: _D, **changes: object) -> _D:
