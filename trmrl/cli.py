@@ -89,12 +89,25 @@ def _check_options(args: Sequence[str], prog: str) -> None:
     import difflib
 
     known = config_options()
-    for arg in args:
-        option = arg.split("=", 1)[0]
+    for i, arg in enumerate(args):
+        option, _, inline = arg.partition("=")
         if option.startswith("--") and option not in known:
             near = difflib.get_close_matches(option, known, n=1)
             hint = f" (did you mean {near[0]}?)" if near else ""
             raise ConfigError(f"unknown option {option}{hint}; see {prog} --help")
+        value = inline or (args[i + 1] if i + 1 < len(args) else "")
+        if _flag_pair(option, known) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+            on, off = _flag_pair(option, known)  # type: ignore[misc]
+            raise ConfigError(f"{option} is a flag and takes no value: write {on} or {off}")
+
+
+def _flag_pair(option: str, known: set[str]) -> tuple[str, str] | None:
+    """(--x, --no-x) if `option` is either spelling of a boolean flag."""
+    head, dot, last = option.removeprefix("--").rpartition(".")
+    prefix = f"--{head}{dot}"
+    on = prefix + last.removeprefix("no-")
+    off = prefix + "no-" + last.removeprefix("no-")
+    return (on, off) if on in known and off in known else None
 
 
 def _algo_argument(args: Sequence[str]) -> str | None:
