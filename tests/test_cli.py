@@ -151,28 +151,18 @@ def test_a_resume_cannot_shorten_a_run(tmp_path):
     assert {p.name: p.read_bytes() for p in (run / "metrics.jsonl", run / "eval" / "adaptation.json")} == before
 
 
-def test_ctrl_c_names_the_real_way_to_continue(tmp_path):
-    """SIGINT before the first checkpoint: the command that starts the run again in its directory;
-    after one: the resume command with the run's path, which then finishes the run."""
-    small = ["point-nav", "--total-env-steps", "400000", "--task.tasks-per-epoch", "8", "--eval.every-epochs", "0",
-             "--model.d-model", "16", "--no-progress", "--torch-threads", "1"]
-    for every, expected in (("100000", "no checkpoint was written yet; the same command with `--run-dir"),
-                            ("1", "it continues from its last checkpoint with `trmrl train --resume")):
-        run = tmp_path / f"run-{every}"
-        child = subprocess.Popen([sys.executable, "-m", "trmrl.cli", "train", *small, "--checkpoint-every", every,
-                                  "--run-dir", str(run)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert child.stdout.readline().strip() == f"run directory: {run}"  # training has started
-        if every == "1":
-            deadline = time.monotonic() + 120
-            while not (run / "checkpoint.pt").exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
-        child.send_signal(signal.SIGINT)
-        _, err = child.communicate(timeout=120)
-        assert child.returncode == 130, err
-        assert err.strip().splitlines()[-1] == f"trmrl: interrupted; {expected} {run}`" + (
-            " starts it again" if every != "1" else ""), err
-    result = trmrl("train", "--resume", str(tmp_path / "run-1"), "--total-env-steps", "640", "--no-progress")
-    assert result.returncode == 0, result.stderr
+def test_an_immediate_interrupt_names_the_real_way_to_continue(tmp_path):
+    """A second Ctrl-C (or one outside the epochs) stops at once: before any checkpoint the line
+    gives the command that starts the run again in its directory, after one the resume command,
+    each with the run's real path."""
+    from trmrl.cli import interrupted_message
+
+    run = tmp_path / "run"
+    assert interrupted_message(run) == ("trmrl: interrupted; no checkpoint was written yet; the same command with "
+                                        f"`--run-dir {run}` starts it again")
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"")
+    assert interrupted_message(run) == f"trmrl: interrupted; it continues from its last checkpoint with `trmrl train --resume {run}`"
 
 
 def test_a_checkpoint_of_another_algorithm_is_named(tmp_path):
@@ -264,3 +254,38 @@ def test_a_budget_that_is_not_whole_epochs_is_announced():
     assert budget_note(trmrl_config) == ("note: --total-env-steps 1,000 is not whole epochs; the run collects 1,280 "
                                          "steps: 4 epoch(s) of 320")
     assert budget_note(trmrl_config.replace(total_env_steps=1280)) is None
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_after_the_epoch_with_a_checkpoint_and_the_resume_is_exact(tmp_path, sig):
+    """A scheduler's SIGTERM (or Ctrl-C) mid-run: the epoch ends, a checkpoint is written although
+    none was due, one line names the resume command; resumed, the run's numbers are those of an
+    uninterrupted run."""
+    from trmrl.config import TrainConfig, from_dict
+    from trmrl.log import read_metrics
+    from trmrl.train import train
+
+    run = tmp_path / "run"
+    child = subprocess.Popen([sys.executable, "-m", "trmrl.cli", "train", "point-nav", "--total-env-steps", "12800",
+                              "--task.tasks-per-epoch", "8", "--eval.every-epochs", "10", "--eval.n-tasks", "4",
+                              "--eval.final-n-tasks", "4", "--model.d-model", "16", "--checkpoint-every", "1000",
+                              "--no-progress", "--torch-threads", "1", "--run-dir", str(run)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not (run / "metrics.jsonl").exists()
+                                           or (run / "metrics.jsonl").read_text().count("policy_loss") < 3):
+        time.sleep(0.02)
+    child.send_signal(sig)
+    _, err = child.communicate(timeout=120)
+    epochs = torch.load(run / "checkpoint.pt", weights_only=True)["epoch"]
+    assert child.returncode == (143 if sig == signal.SIGTERM else 130), err
+    assert err.strip().splitlines() == [f"trmrl: stopped by {signal.Signals(sig).name} after epoch {epochs}, checkpoint "
+                                        f"written; continue with `trmrl train --resume {run}`"]
+    assert 3 <= epochs < 40
+    result = trmrl("train", "--resume", str(run), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    config = from_dict(TrainConfig, json.loads((run / "config.json").read_text()))
+    train(config, tmp_path / "uninterrupted")
+    untimed = lambda d: [{k: v for k, v in r.items()  # noqa: E731
+                          if not (k.startswith("time/") or k.endswith("sps") or "per_s" in k)} for r in read_metrics(d)]
+    assert untimed(run) == untimed(tmp_path / "uninterrupted")

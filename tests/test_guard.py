@@ -148,19 +148,19 @@ def test_numbers_match_the_fixture(preset, tmp_path, monkeypatch):
 
 def baseline_config(algo: str):
     """The algorithm's point-nav preset shrunk to two or three iterations of tiny networks."""
+    ppo = {"update_epochs": 2, "minibatch_size": 16} if algo in ("rl2", "varibad") else {}
     config = get_preset("point-nav", algo).replace(
         seed=5, progress=False, torch_threads=1, checkpoint_every=1,
-        task={"max_episode_steps": 5, "tasks_per_epoch": 4},
+        task={"max_episode_steps": 5, "tasks_per_epoch": 4}, ppo=ppo,
         eval={"every_epochs": 1, "n_tasks": 3, "episodes": 2, "final_n_tasks": 3, "final_episodes": 3})
     if algo == "rl2":
-        config = config.replace(rl2={"hidden_size": 8, "bptt_chunk": 4}, ppo={"update_epochs": 2, "minibatch_size": 16})
+        config = config.replace(rl2={"hidden_size": 8, "bptt_chunk": 4})
     elif algo == "varibad":
         config = config.replace(
             varibad={"gru_hidden": 8, "state_embedding": 4, "action_embedding": 4, "reward_embedding": 4,
                      "reward_decoder": (8,), "policy_state_embedding": 4, "policy_latent_embedding": 4,
                      "policy_hidden": (8,), "vae_buffer": 8, "vae_batch": 3, "subsample_elbos": 4,
-                     "subsample_decodes": 5},
-            ppo={"update_epochs": 2, "minibatch_size": 16})
+                     "subsample_decodes": 5})
     elif algo == "maml":
         config = config.replace(maml={"hidden_sizes": (8, 8), "rollouts_per_task": 2}, task={"tasks_per_epoch": 3})
     elif algo == "pearl":

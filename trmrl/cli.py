@@ -21,7 +21,7 @@ from typing import TypeVar
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
 
 from trmrl.config import TrainConfig
-from trmrl.errors import CheckpointError, ConfigError, TrmrlError
+from trmrl.errors import CheckpointError, ConfigError, Interrupted, TrmrlError
 from trmrl.rundir import RunDir, read_json
 
 _D = TypeVar("_D")
@@ -238,14 +238,21 @@ def train_command(args: list[str]) -> int:
             summary = train(config, run_dir, resume="--resume" in args)
             if world.rank == 0:
                 _print_summary(summary, run_dir, config.preset, config.algo)
-    except KeyboardInterrupt:
-        if RunDir(run_dir).checkpoint.is_file():
-            how = f"it continues from its last checkpoint with `trmrl train --resume {run_dir}`"
-        else:  # nothing to resume: the same command starts it again in the same directory
-            how = f"no checkpoint was written yet; the same command with `--run-dir {run_dir}` starts it again"
-        print(f"trmrl: interrupted; {how}", file=sys.stderr)
+    except Interrupted as exc:  # stopped after an epoch, its checkpoint written
+        print(f"trmrl: {exc}", file=sys.stderr)
+        return 143 if exc.signal_name == "SIGTERM" else 130
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the epochs (setup, final meta-test)
+        print(interrupted_message(run_dir), file=sys.stderr)
         return 130
     return 0
+
+
+def interrupted_message(run_dir: Path) -> str:
+    """The line for a run stopped at once: how to go on from where it stands."""
+    if RunDir(run_dir).checkpoint.is_file():
+        return f"trmrl: interrupted; it continues from its last checkpoint with `trmrl train --resume {run_dir}`"
+    # nothing to resume: the same command starts it again in the same directory
+    return f"trmrl: interrupted; no checkpoint was written yet; the same command with `--run-dir {run_dir}` starts it again"
 
 
 def budget_note(config: TrainConfig) -> str | None:

@@ -268,6 +268,16 @@ def sum_gradients(params: Sequence[Tensor], numbers: Tensor) -> Tensor:
 
 # -- keeping the ranks together -----------------------------------------------------------------
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is true on any (a stop request that reached some processes
+    first: all of them stop after the same epoch)."""
+    if _world.size == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=_backend_device())
+    _collective(lambda: dist.all_reduce(value, op=dist.ReduceOp.MAX), "the stop check")
+    return bool(value.item())
+
+
 def broadcast(value: T) -> T:
     """Rank 0's `value` (a picklable object), on every rank."""
     if _world.size == 1:

@@ -32,3 +32,13 @@ class DistributedError(TrmrlError):
 def warn(message: str) -> None:
     """Something the run survives but the user should know: one line on stderr."""
     print(f"trmrl: warning: {message}", file=sys.stderr)
+
+
+class Interrupted(TrmrlError):
+    """SIGTERM (a scheduler's preemption) or SIGINT (Ctrl-C) stopped training at the end of an
+    epoch, after a checkpoint; `trmrl train --resume` continues it as if nothing happened."""
+
+    def __init__(self, signal_name: str, epoch: int, run_dir: object) -> None:
+        super().__init__(f"stopped by {signal_name} after epoch {epoch}, checkpoint written; "
+                         f"continue with `trmrl train --resume {run_dir}`")
+        self.signal_name = signal_name

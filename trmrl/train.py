@@ -7,6 +7,8 @@ shows progress and writes checkpoints."""
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import torch
 from trmrl import checkpoint, distributed
 from trmrl.algos import make_algorithm
 from trmrl.config import TrainConfig, from_dict, to_dict
-from trmrl.errors import CheckpointError, ConfigError, DistributedError, DivergenceError
+from trmrl.errors import CheckpointError, ConfigError, DistributedError, DivergenceError, Interrupted
 from trmrl.evaluate import MetaTester, during_training, final_meta_test
 from trmrl.log import MetricLogger
 from trmrl.progress import Progress
@@ -22,6 +24,31 @@ from trmrl.protocols import Algorithm, TaskPool
 from trmrl.rundir import RunDir
 from trmrl.seeding import Stream, numpy_rng
 from trmrl.tasks import make_task_distribution
+
+
+class StopRequests:
+    """While training, SIGTERM (a batch scheduler's preemption) and SIGINT (Ctrl-C) ask the run to
+    stop at the end of the current epoch, after a checkpoint, rather than lose the epochs since the
+    last one; a second SIGINT stops at once. Only the main thread can take signals: elsewhere
+    (a run inside another program's thread) they keep their usual effect."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._ask) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def _ask(self, signum: int, frame: object) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
 
 
 def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epochs: int | None = None) -> dict[str, Any]:
@@ -68,7 +95,9 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
         progress.meta_test(steps_after(epoch), metrics)
 
     epoch = start
+    requests = StopRequests()
     try:
+        requests.__enter__()
         for epoch in range(start, end):
             if e.every_epochs and epoch % e.every_epochs == 0:
                 meta_test(epoch)
@@ -83,7 +112,8 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
                 metrics |= {f"time/communication_{part}": spent.get(part, 0.0) for part in ("sampling", "update")}
             if logger:
                 logger.log(epoch, steps_after(epoch + 1), metrics)
-            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == end:
+            stop = distributed.any_rank(requests.signal is not None)
+            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == end or stop:
                 state = algorithm.state_dict()
                 distributed.check_identical(state, "parameters or optimiser states")
                 if logger:
@@ -91,12 +121,15 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
                     checkpoint.save(run.checkpoint, {"epoch": epoch + 1, "env_steps": steps_after(epoch + 1),
                                                      "config": to_dict(config), **state})
             progress.epoch(epoch, steps_after(epoch + 1), metrics)
+            if stop:
+                raise Interrupted(requests.signal or "another process's signal", epoch + 1, run.root)
         if end == config.n_epochs and e.every_epochs:
             meta_test(end)  # the learning curve ends at the budget
     except (DivergenceError, DistributedError) as exc:
         kept = f"last good checkpoint kept at {run.checkpoint}" if run.checkpoint.exists() else "no checkpoint was written yet"
         raise type(exc)(f"training stopped at epoch {epoch}: {exc}; {kept}") from exc
     finally:
+        requests.__exit__()
         progress.close()
         if logger:
             logger.close()
