@@ -252,3 +252,48 @@ def test_a_run_with_an_ood_pair_ends_with_both_protocols(tmp_path):
     assert len(velocities) == 3 and all(3.0 <= v <= 4.0 for v in velocities)
     assert np.allclose(np.mean(ood["returns"], axis=0), summary["ood"]["return_per_episode"])
     assert (tmp_path / "eval" / "ood-random.json").exists()
+
+
+def test_plots_draw_intervals_only_over_enough_runs_and_whole_episode_ticks(tmp_path, monkeypatch):
+    """Two runs get no band (a bootstrap over two is their min-max range) and the probability of
+    improvement of one run against another no interval; episode axes have whole-number ticks."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from trmrl.plot import _band, improvement_table
+    from trmrl.stats import aggregate
+
+    stats = [aggregate(np.array([[1.0], [2.0], [4.0]])[:n]) for n in (3,)] * 4
+    fig, ax = plt.subplots()
+    _band(ax, np.arange(4), stats, "mean", "three", "C0", 3)
+    _band(ax, np.arange(4), stats, "mean", "two", "C1", 2)
+    assert len(ax.collections) == 1  # only the three-run curve has a band
+    plt.close(fig)
+
+    import dataclasses
+
+    from conftest import tiny_config
+
+    from trmrl.plot import load_run
+    from trmrl.train import train
+
+    for name, window in (("a", 3), ("b", 1)):
+        train(tiny_config(model=dataclasses.replace(tiny_config().model, window=window)), tmp_path / name)
+    runs = [load_run(tmp_path / name, "adaptation") for name in "ab"]
+    runs[1].label = "other"
+    rows = list(csv.DictReader(improvement_table(runs, tmp_path / "plots")[0].open()))
+    assert rows and all(r["ci_low"] == "nan" and r["ci_high"] == "nan" and r["p_x_beats_y"] != "nan" for r in rows)
+
+    from trmrl.plot import plot_runs
+
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    plot_runs([tmp_path / "a"], tmp_path / "figs")
+    adaptation = next(f for f in figures if "Fast adaptation" in f._suptitle.get_text())
+    fig_ticks = adaptation.axes[0].get_xticks()
+    assert len(fig_ticks) and all(float(t).is_integer() for t in fig_ticks), fig_ticks

@@ -79,11 +79,15 @@ def _measured_at(record: dict) -> int:
     return record["charts/env_steps"] // (record["epoch"] + 1) * record["epoch"]
 
 
+MIN_RUNS_FOR_INTERVAL = 3
+"""Fewer runs than this get no band: a bootstrap over two runs is only their min-max range."""
+
+
 def _band(ax, x: np.ndarray, stats: list[Aggregate], which: str, label: str, color: str, n_runs: int) -> None:
-    """The curve, and its confidence band where there are runs to resample (none for one run)."""
+    """The curve, and its confidence band where there are enough runs to resample."""
     centre = np.array([getattr(s, which) for s in stats])
     ax.plot(x, centre, color=color, label=label, marker="o" if len(x) < 12 else None)
-    if n_runs > 1:
+    if n_runs >= MIN_RUNS_FOR_INTERVAL:
         ci = np.array([getattr(s, f"{which}_ci") for s in stats])
         ax.fill_between(x, ci[:, 0], ci[:, 1], color=color, alpha=0.2, linewidth=0)
 
@@ -91,18 +95,21 @@ def _band(ax, x: np.ndarray, stats: list[Aggregate], which: str, label: str, col
 def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Aggregate], int]], out: Path, name: str,
             floor: np.ndarray | None = None, references: Sequence[Reference] = (),
             ylabel: str = "meta-test return", ceiling: np.ndarray | None = None,
-            resampled: str = "runs") -> list[Path]:
-    """Mean and IQM panels; `resampled` says what the 95% bootstrap bands resample."""
+            resampled: str = "runs", integer_x: bool = False) -> list[Path]:
+    """Mean and IQM panels; `resampled` says what the 95% bootstrap bands resample; `integer_x`
+    for an axis of episode indices (no 0.5 ticks)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, (x, stats, n_runs)) in enumerate(sorted(groups.items())):
         for ax, which in zip(axes, ("mean", "iqm")):
-            runs = f"{n_runs} runs" if n_runs > 1 else "1 run: no interval"
+            runs = (f"{n_runs} runs" if n_runs >= MIN_RUNS_FOR_INTERVAL
+                    else f"{n_runs} run{'s' if n_runs > 1 else ''}: too few for an interval")
             _band(ax, x, stats, which, f"{label} ({runs})", colors[i % len(colors)], n_runs)
     for line, style, label in ((floor, "--", "random policy"), (ceiling, ":", "oracle (knows the goal)")):
         if line is not None:
@@ -119,8 +126,11 @@ def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Ag
         for ax in axes:
             ax.set_xlim(left - 0.04 * (right - left), right + 0.04 * (right - left))
     for ax, which in zip(axes, ("Mean", "IQM")):
-        ax.set_title(f"{which}; 95% bootstrap CI over {resampled}", fontsize=10)
-        ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
+        ax.set_title(f"{which}; 95% bootstrap CI over {resampled} ({MIN_RUNS_FOR_INTERVAL}+ runs)", fontsize=10)
+        if integer_x:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        else:
+            ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4))
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(ylabel)
@@ -199,6 +209,8 @@ def improvement_table(runs: list[Run], out: Path) -> list[Path]:
     writer.writerow(["x", "y", "p_x_beats_y", "ci_low", "ci_high", "runs_x", "runs_y", "tasks"])
     for a, b in itertools.permutations(sorted(scores), 2):
         p, (low, high) = probability_of_improvement(scores[a], scores[b])
+        if min(len(scores[a]), len(scores[b])) < MIN_RUNS_FOR_INTERVAL:  # no interval over runs to speak of
+            low = high = float("nan")
         writer.writerow([a, b, f"{p:.3f}", f"{low:.3f}", f"{high:.3f}", len(scores[a]), len(scores[b]),
                          scores[a].shape[1]])
     write_text(path, table.getvalue())
@@ -280,7 +292,7 @@ def plot_runs(run_dirs: list[Path], out: Path, protocol: str = "adaptation", pap
         paths += _figure(f"Fast adaptation ({protocol}): return per episode of a trial on held-out tasks",
                          "episode index within the trial", adaptation, out, "adaptation_curves", bound(runs),
                          references=references, ceiling=bound(runs, "oracle"),
-                         resampled="runs, within each held-out task")
+                         resampled="runs, within each held-out task", integer_x=True)
         paths += improvement_table(runs, out)
     if not paths:
         raise ConfigError("nothing to plot: no meta-test in metrics.jsonl and no eval/"
