@@ -297,3 +297,20 @@ def test_plots_draw_intervals_only_over_enough_runs_and_whole_episode_ticks(tmp_
     adaptation = next(f for f in figures if "Fast adaptation" in f._suptitle.get_text())
     fig_ticks = adaptation.axes[0].get_xticks()
     assert len(fig_ticks) and all(float(t).is_integer() for t in fig_ticks), fig_ticks
+
+
+def test_plot_refuses_runs_of_different_task_distributions(tmp_path):
+    from conftest import tiny_config
+
+    from trmrl.config import TaskConfig
+    from trmrl.errors import ConfigError
+    from trmrl.plot import plot_runs
+    from trmrl.train import train
+
+    train(tiny_config(total_env_steps=80), tmp_path / "pn")
+    task = TaskConfig(name="point-nav-xy", episodes_per_trial=2, max_episode_steps=5, tasks_per_epoch=8)
+    train(tiny_config(total_env_steps=80, task=task), tmp_path / "xy")
+    with pytest.raises(ConfigError, match="different task distributions cannot share an axis: point-nav: pn; "
+                                          "point-nav-xy: xy"):
+        plot_runs([tmp_path / "pn", tmp_path / "xy"], tmp_path / "plots")
+    assert not (tmp_path / "plots").exists()

@@ -271,6 +271,13 @@ def plot_runs(run_dirs: list[Path], out: Path, protocol: str = "adaptation", pap
     """Learning and adaptation figures of the runs; with `paper`, the paper's points for their
     preset beside them (when all runs share a preset the paper reports)."""
     runs = split_mixed_groups([load_run(path, protocol) for path in run_dirs])
+    tasks = defaultdict(list)  # returns of different task distributions are not on one scale
+    for run in runs:
+        tasks[run.config.get("task", {}).get("name", "?")].append(run.path.name)
+    if len(tasks) > 1:
+        raise ConfigError("runs of different task distributions cannot share an axis: "
+                          + "; ".join(f"{name}: {', '.join(paths)}" for name, paths in sorted(tasks.items()))
+                          + " (plot each distribution's runs separately)")
     preset = shared_preset(runs) if paper else None
     algos = sorted({run.algo for run in runs})  # the paper's points of every algorithm plotted
     paths: list[Path] = []
