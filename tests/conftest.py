@@ -18,6 +18,12 @@ def _single_thread():
     torch.set_num_threads(1)
 
 
+def without_timing(records: list[dict]) -> list[dict]:
+    """Metric records without wall-clock figures (seconds, steps/s): what two equal runs share."""
+    return [{k: v for k, v in r.items() if not (k.startswith("time/") or k.endswith("sps") or "per_s" in k)}
+            for r in records]
+
+
 def tiny_config(**changes) -> TrainConfig:
     """A point-nav run small enough for unit tests: 8 tasks x 2 episodes x 5 steps per epoch."""
     config = TrainConfig(

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import torch
+from conftest import without_timing
 
 
 def trmrl(*args, cwd=None, preexec_fn=None):
@@ -92,9 +93,7 @@ def test_train_then_resume_end_to_end(tmp_path):
 
     config = from_dict(TrainConfig, json.loads((run / "config.json").read_text())).replace(total_env_steps=1280)
     train(config, tmp_path / "uninterrupted")
-    untimed = lambda d: [{k: v for k, v in r.items()  # noqa: E731
-                          if not (k.startswith("time/") or k.endswith("sps") or "per_s" in k)} for r in read_metrics(d)]
-    assert untimed(run) == untimed(tmp_path / "uninterrupted")
+    assert without_timing(read_metrics(run)) == without_timing(read_metrics(tmp_path / "uninterrupted"))
     assert json.loads((run / "eval" / "adaptation.json").read_text())["returns"] == \
         json.loads((tmp_path / "uninterrupted" / "eval" / "adaptation.json").read_text())["returns"]
 
@@ -286,6 +285,4 @@ def test_a_signal_stops_after_the_epoch_with_a_checkpoint_and_the_resume_is_exac
     assert result.returncode == 0, result.stderr
     config = from_dict(TrainConfig, json.loads((run / "config.json").read_text()))
     train(config, tmp_path / "uninterrupted")
-    untimed = lambda d: [{k: v for k, v in r.items()  # noqa: E731
-                          if not (k.startswith("time/") or k.endswith("sps") or "per_s" in k)} for r in read_metrics(d)]
-    assert untimed(run) == untimed(tmp_path / "uninterrupted")
+    assert without_timing(read_metrics(run)) == without_timing(read_metrics(tmp_path / "uninterrupted"))

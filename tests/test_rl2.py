@@ -4,7 +4,7 @@ the episodes of a trial and resets at trial starts, and RL^2 meta-learns point-n
 import numpy as np
 import pytest
 import torch
-from conftest import memoryless_return
+from conftest import memoryless_return, without_timing
 
 from trmrl.algos.rl2 import RL2Policy, _ChunkStartRecorder, make_chunks
 from trmrl.config import PPOConfig, RL2Config
@@ -111,9 +111,7 @@ def test_train_resume_and_eval_an_rl2_run_from_the_command_line(tmp_path):
 
     train(from_dict(TrainConfig, json.loads((run / "config.json").read_text())).replace(total_env_steps=1280),
           tmp_path / "uninterrupted")
-    untimed = lambda d: [{k: v for k, v in r.items()  # noqa: E731
-                          if not (k.startswith("time/") or k.endswith("sps") or "per_s" in k)} for r in read_metrics(d)]
-    assert untimed(run) == untimed(tmp_path / "uninterrupted")
+    assert without_timing(read_metrics(run)) == without_timing(read_metrics(tmp_path / "uninterrupted"))
     result = cli("eval", str(run), "--n-tasks", "3", "--episodes", "2")
     assert result.returncode == 0 and "adaptation: 3 held-out tasks" in result.stdout, result.stderr
     result = cli("eval", str(run), "--attention")

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_config, without_timing
 
 from trmrl import checkpoint
 from trmrl.errors import CheckpointError, DivergenceError
@@ -14,11 +14,6 @@ from trmrl.log import MetricLogger, read_metrics
 from trmrl.plot import load_run
 from trmrl.rundir import RunDir
 from trmrl.train import train
-
-
-def without_timing(records):
-    return [{k: v for k, v in r.items() if not (k.startswith("time/") or k.endswith("sps") or "per_s" in k)}
-            for r in records]
 
 
 def test_run_directory_is_self_describing(tmp_path):
