@@ -96,9 +96,11 @@ def _check_options(args: Sequence[str], prog: str) -> None:
             hint = f" (did you mean {near[0]}?)" if near else ""
             raise ConfigError(f"unknown option {option}{hint}; see {prog} --help")
         value = inline or (args[i + 1] if i + 1 < len(args) else "")
-        if _flag_pair(option, known) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
-            on, off = _flag_pair(option, known)  # type: ignore[misc]
-            raise ConfigError(f"{option} is a flag and takes no value: write {on} or {off}")
+        if (pair := _flag_pair(option, known)) and value.lower() in BOOLEAN_WORDS:
+            raise ConfigError(f"{option} is a flag and takes no value: write {pair[0]} or {pair[1]}")
+
+
+BOOLEAN_WORDS = ("true", "false", "yes", "no", "1", "0", "on", "off")
 
 
 def _flag_pair(option: str, known: set[str]) -> tuple[str, str] | None:

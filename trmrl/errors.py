@@ -29,11 +29,6 @@ class DistributedError(TrmrlError):
     cannot be reached) or disagrees with them; every process stops, the last checkpoint stays."""
 
 
-def warn(message: str) -> None:
-    """Something the run survives but the user should know: one line on stderr."""
-    print(f"trmrl: warning: {message}", file=sys.stderr)
-
-
 class Interrupted(TrmrlError):
     """SIGTERM (a scheduler's preemption) or SIGINT (Ctrl-C) stopped training at the end of an
     epoch, after a checkpoint; `trmrl train --resume` continues it as if nothing happened."""
@@ -42,3 +37,9 @@ class Interrupted(TrmrlError):
         super().__init__(f"stopped by {signal_name} after epoch {epoch}, checkpoint written; "
                          f"continue with `trmrl train --resume {run_dir}`")
         self.signal_name = signal_name
+
+
+def warn(message: str) -> None:
+    """Something the run survives but the user should know: one line on stderr."""
+    print(f"trmrl: warning: {message}", file=sys.stderr)
+

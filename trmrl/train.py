@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from trmrl import checkpoint, distributed
 from trmrl.algos import make_algorithm
 from trmrl.config import TrainConfig, from_dict, to_dict
@@ -95,45 +96,44 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
         progress.meta_test(steps_after(epoch), metrics)
 
     epoch = start
-    requests = StopRequests()
-    try:
-        requests.__enter__()
-        for epoch in range(start, end):
-            if e.every_epochs and epoch % e.every_epochs == 0:
-                meta_test(epoch)
-            if isinstance(algorithm, TaskPool):
-                tasks = algorithm.epoch_tasks(epoch)
-            else:
-                rng = numpy_rng(config.seed, Stream.TRAIN_TASKS, epoch)
-                tasks = distribution.sample(rng, config.task.tasks_per_epoch, "train")
-            metrics = algorithm.train_iteration(tasks, epoch)
-            if distributed.world().size > 1:  # seconds of the epoch's sampling and update spent in collectives
-                spent = distributed.communication_seconds()
-                metrics |= {f"time/communication_{part}": spent.get(part, 0.0) for part in ("sampling", "update")}
-            if logger:
-                logger.log(epoch, steps_after(epoch + 1), metrics)
-            stop = distributed.any_rank(requests.signal is not None)
-            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == end or stop:
-                state = algorithm.state_dict()
-                distributed.check_identical(state, "parameters or optimiser states")
+    with StopRequests() as requests:
+        try:
+            for epoch in range(start, end):
+                if e.every_epochs and epoch % e.every_epochs == 0:
+                    meta_test(epoch)
+                if isinstance(algorithm, TaskPool):
+                    tasks = algorithm.epoch_tasks(epoch)
+                else:
+                    rng = numpy_rng(config.seed, Stream.TRAIN_TASKS, epoch)
+                    tasks = distribution.sample(rng, config.task.tasks_per_epoch, "train")
+                metrics = algorithm.train_iteration(tasks, epoch)
+                if distributed.world().size > 1:  # seconds of the epoch's sampling and update spent in collectives
+                    spent = distributed.communication_seconds()
+                    metrics |= {f"time/communication_{part}": spent.get(part, 0.0) for part in ("sampling", "update")}
                 if logger:
-                    logger.flush()
-                    checkpoint.save(run.checkpoint, {"epoch": epoch + 1, "env_steps": steps_after(epoch + 1),
-                                                     "config": to_dict(config), **state})
-            progress.epoch(epoch, steps_after(epoch + 1), metrics)
-            if stop:
-                raise Interrupted(requests.signal or "another process's signal", epoch + 1, run.root)
-        if end == config.n_epochs and e.every_epochs:
-            meta_test(end)  # the learning curve ends at the budget
-    except (DivergenceError, DistributedError) as exc:
-        kept = f"last good checkpoint kept at {run.checkpoint}" if run.checkpoint.exists() else "no checkpoint was written yet"
-        raise type(exc)(f"training stopped at epoch {epoch}: {exc}; {kept}") from exc
-    finally:
-        requests.__exit__()
-        progress.close()
-        if logger:
-            logger.close()
-        tester.close()
+                    logger.log(epoch, steps_after(epoch + 1), metrics)
+                stop = distributed.any_rank(requests.signal is not None)
+                if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == end or stop:
+                    state = algorithm.state_dict()
+                    distributed.check_identical(state, "parameters or optimiser states")
+                    if logger:
+                        logger.flush()
+                        checkpoint.save(run.checkpoint, {"epoch": epoch + 1, "env_steps": steps_after(epoch + 1),
+                                                         "config": to_dict(config), **state})
+                progress.epoch(epoch, steps_after(epoch + 1), metrics)
+                if stop:
+                    raise Interrupted(requests.signal or "another process's signal", epoch + 1, run.root)
+            if end == config.n_epochs and e.every_epochs:
+                meta_test(end)  # the learning curve ends at the budget
+        except (DivergenceError, DistributedError) as exc:
+            kept = (f"last good checkpoint kept at {run.checkpoint}" if run.checkpoint.exists()
+                    else "no checkpoint was written yet")
+            raise type(exc)(f"training stopped at epoch {epoch}: {exc}; {kept}") from exc
+        finally:
+            progress.close()
+            if logger:
+                logger.close()
+            tester.close()
     if end < config.n_epochs or not e.final:
         return {}
     return final_meta_test(config, algorithm.meta_learner(), distribution, run.eval)
