@@ -102,6 +102,31 @@ def test_the_contract_runs_gradient_style_learners_episode_by_episode():
     assert np.allclose(in_memory.returns[0], [expected_return(goal, 0.25)] * 3)
 
 
+def test_a_tasks_trials_start_from_an_empty_memory(tmp_path):
+    """trials_per_task: each of a task's trials is its own trial (memory emptied), columns side by
+    side; under mean actions a task's trials repeat the one-trial protocol's trial exactly."""
+    from conftest import tiny_config
+
+    from trmrl.algos import make_algorithm
+
+    config = tiny_config()  # a memory over the whole trial, so a leak between trials would show
+    dist = make_task_distribution("point-nav")
+    learner = make_algorithm(config, dist).meta_learner()
+    one = MetaTester(dist, EvalProtocol("one", n_tasks=3, episodes=2), 5, seed=0)
+    three = MetaTester(dist, EvalProtocol("three", n_tasks=3, episodes=2, trials_per_task=3, adaptation_episodes=1), 5,
+                       seed=0)
+    sampled = MetaTester(dist, EvalProtocol("three", n_tasks=3, episodes=2, trials_per_task=3, deterministic=False), 5,
+                         seed=0)
+    single, repeated, noisy = (t.run(learner) for t in (one, three, sampled))
+    assert repeated.returns.shape == (3, 6) and [t.params for t in repeated.tasks] == [t.params for t in single.tasks]
+    for trial in range(3):
+        assert np.allclose(repeated.returns[:, 2 * trial : 2 * trial + 2], single.returns)
+    assert not np.allclose(noisy.returns[:, 0:2], noisy.returns[:, 2:4])  # each trial its own action stream
+    assert repeated.evaluation_episodes().tolist() == [1, 3, 5]  # after the adaptation episode of each trial
+    assert repeated.summary()["return_mean"] == pytest.approx(repeated.returns[:, 1::2].mean())
+    assert three.same_as(repeated.to_dict()) and not one.same_as(repeated.to_dict())
+
+
 def test_probability_of_improvement_by_hand():
     from trmrl.stats import probability_of_improvement
 

@@ -146,6 +146,32 @@ def test_trials_of_ten_500_step_episodes(reach):
     assert indices[0] == 0 and indices[-1] == 9
 
 
+@pytest.mark.parametrize("remembered", ["applied", "sampled"])
+def test_the_memory_sees_the_applied_or_the_sampled_action(reach, remembered):
+    dist = make_task_distribution("ml1/reach-v3", seed=1, remembered_action=remembered)
+    env = TrialEnv(dist.make_env(), episodes_per_trial=2, max_episode_steps=3, task=dist.tasks("train")[0])
+    twin = TrialEnv(reach.make_env(), episodes_per_trial=2, max_episode_steps=3, task=dist.tasks("train")[0])
+    env.reset(seed=0), twin.reset(seed=0)
+    action = np.array([2.0, -3.0, 0.5, 0.0])  # metaworld applies it clipped to [-1, 1]
+    obs, reward, *_ = env.step(action)
+    applied = np.clip(action, -1.0, 1.0)
+    assert np.allclose(obs[39:43], action if remembered == "sampled" else applied)
+    twin_obs, twin_reward, *_ = twin.step(applied)  # the simulator saw the same applied action
+    assert np.array_equal(obs[:39], twin_obs[:39]) and reward == twin_reward
+    with pytest.raises(ConfigError, match="remembered_action must be 'applied' or 'sampled'"):
+        make_task_distribution("ml1/reach-v3", seed=1, remembered_action="clipped")
+
+
+def test_metaworld_presets_remember_the_sampled_action_and_measure_as_the_paper():
+    from trmrl.presets import PRESETS
+
+    for name in ("ml1-reach", "ml1-push", "ml1-pick-place", "ml10", "ml45"):
+        config = PRESETS[name][1]
+        assert config.task.remembered_action == "sampled" and config.eval.also == ("paper-metaworld",)
+    protocol = resolve_protocol("paper-metaworld", "ml1/reach-v3")
+    assert (protocol.n_tasks, protocol.trials_per_task, protocol.episodes, protocol.deterministic) == (10, 10, 1, False)
+
+
 def test_metaworld_errors_are_one_line(monkeypatch):
     import sys
 
@@ -170,15 +196,17 @@ def test_metaworld_errors_are_one_line(monkeypatch):
 
 
 def test_short_run_on_a_class_subset_reports_success_per_held_out_class(tmp_path):
-    tasks.register("metaworld-smoke", lambda seed=0, reward_function_version="v2": custom(
-        ["reach-v3", "push-v3"], ["door-open-v3", "drawer-close-v3"], seed, reward_function_version),
-        options=("seed", "reward_function_version"), replace=True)
+    tasks.register("metaworld-smoke", lambda seed=0, reward_function_version="v2", remembered_action="applied": custom(
+        ["reach-v3", "push-v3"], ["door-open-v3", "drawer-close-v3"], seed, reward_function_version, remembered_action),
+        options=("seed", "reward_function_version", "remembered_action"), replace=True)
     config = TrainConfig(
         preset="metaworld-smoke", total_env_steps=160, seed=3, progress=False,
-        task=TaskConfig(name="metaworld-smoke", episodes_per_trial=2, max_episode_steps=10, tasks_per_epoch=4),
+        task=TaskConfig(name="metaworld-smoke", episodes_per_trial=2, max_episode_steps=10, tasks_per_epoch=4,
+                        remembered_action="sampled"),
         model=ModelConfig(d_model=16, n_heads=2, d_ff=32, n_layers=1, window=3, init_std=1.0, output_weights_scale=0.01),
         ppo=PPOConfig(update_epochs=1, minibatch_size=40),
-        eval=EvalConfig(every_epochs=1, n_tasks=4, episodes=2, final_n_tasks=4, final_episodes=2),
+        eval=EvalConfig(every_epochs=1, n_tasks=4, episodes=2, final_n_tasks=4, final_episodes=2,
+                        also=("paper-metaworld",)),
     )
     dist = make_task_distribution("metaworld-smoke", seed=3)
     for split, classes in (("train", ["reach-v3", "push-v3"]), ("test", ["door-open-v3", "drawer-close-v3"])):
@@ -201,9 +229,23 @@ def test_short_run_on_a_class_subset_reports_success_per_held_out_class(tmp_path
         mine = [i for i, t in enumerate(saved["tasks"]) if t["name"] == name]
         assert row["success_rate"] == pytest.approx(successes[mine][:, 10:].mean(axis=1).mean())
         assert row["success_rate_per_episode"] == pytest.approx(successes[mine][:, 10:].mean(axis=0).tolist())
+    # the paper's measurement beside ours: 10 held-out tasks x 10 one-episode trials, sampled actions
+    paper = summary["paper-metaworld"]
+    assert (paper["n_tasks"], paper["trials_per_task"], paper["episodes"], paper["deterministic"]) == (10, 10, 1, False)
+    saved = json.loads((tmp_path / "run" / "eval" / "paper-metaworld.json").read_text())
+    successes = np.array(saved["successes"])
+    assert successes.shape == (10, 10) and saved["trials_per_task"] == 10
+    assert paper["evaluation"]["success_rate"] == pytest.approx(successes.mean(axis=1).mean())
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert any("meta_test/episode_0/success" in r for r in records)
+    tested = [r for r in records if "meta_test/paper-metaworld/success" in r]
+    assert len(tested) == 3 and all(0 <= r["meta_test/paper-metaworld/success"] <= 1 for r in tested)  # epochs 0, 1, 2
     paths = plot_runs([tmp_path / "run"], tmp_path / "plots")
     assert tmp_path / "plots" / "success_curves.png" in paths
+    from trmrl.plot import load_run, quantity_curves
+
+    labels = sorted(quantity_curves([load_run(tmp_path / "run", "adaptation")], "success"))
+    assert [label.split(" · ")[1] for label in labels] == [
+        "held-out meta-test, mean actions", "paper-metaworld protocol", "training episodes, sampled actions"]
     versions = json.loads((tmp_path / "run" / "versions.json").read_text())
     assert versions["mujoco"] == "3.3.0" and versions["metaworld"].startswith("3.")

@@ -138,16 +138,27 @@ def _print_summary(summary: dict, run_dir: Path, preset: str, algo: str) -> None
     """The end-of-training meta-tests: return (and success) per episode index beside a random
     policy on the same tasks and, where the paper reports one, the paper's figure; for a protocol
     with adaptation episodes, the success over its evaluation episodes per held-out class."""
+    import numpy as np
+
     from trmrl.paper import adaptation_reference
 
-    for name, part in (("adaptation", summary), ("ood", summary.get("ood")), ("metaworld", summary.get("metaworld"))):
-        if not part:
-            continue
+    parts = [("adaptation", summary), *((k, v) for k, v in summary.items() if isinstance(v, dict) and "protocol" in v)]
+    for name, part in parts:
         paper = adaptation_reference(preset, name, algo)
         success = "success_per_episode" in part
         oracle = "oracle_return_per_episode" in part
+        trials = part.get("trials_per_task", 1)
         print(f"\nmeta-test ({name}): {part['n_tasks']} held-out tasks of {part.get('distribution', 'the run')}, "
-              f"trials of {part['episodes']} episodes ({'mean' if part['deterministic'] else 'sampled'} actions)")
+              + (f"{trials} trials of {part['episodes']} episode(s) each" if trials > 1
+                 else f"trials of {part['episodes']} episodes")
+              + f" ({'mean' if part['deterministic'] else 'sampled'} actions)")
+        if trials > 1:  # independent trials: their mean, not a row per trial
+            overall = part.get("evaluation") or {}
+            print(f"return {np.mean(part['return_per_episode']):.2f} (random policy "
+                  f"{np.mean(part['random_return_per_episode']):.2f})")
+            if success:
+                _print_success_by_class(overall, part["per_class"], part["adaptation_episodes"], part["episodes"], trials)
+            continue
         print("episode    return  random policy" + ("    oracle  gap closed" if oracle else "")
               + ("  success  random" if success else "") + ("     paper" if paper else ""))
         for k, (ret, rnd) in enumerate(zip(part["return_per_episode"], part["random_return_per_episode"])):
@@ -167,10 +178,12 @@ def _print_summary(summary: dict, run_dir: Path, preset: str, algo: str) -> None
     print(f"run directory: {run_dir}")
 
 
-def _print_success_by_class(overall: dict, per_class: dict, adaptation_episodes: int, episodes: int) -> None:
+def _print_success_by_class(overall: dict, per_class: dict, adaptation_episodes: int, episodes: int,
+                            trials: int = 1) -> None:
     """Success rate over the evaluation episodes, in all and per held-out class, with 95% CIs."""
     after = f" (after {adaptation_episodes} adaptation episodes)" if adaptation_episodes else ""
-    print(f"success over episodes {adaptation_episodes}-{episodes - 1}{after}, 95% CI over tasks:")
+    each = f" of each of {trials} trials" if trials > 1 else ""
+    print(f"success over episodes {adaptation_episodes}-{episodes - 1}{each}{after}, 95% CI over tasks:")
     for label, row in (("all", overall), *per_class.items()):
         print(f"  {label:<28} {row['success_rate']:5.2f}  [{row['success_ci_low']:.2f}, "
               f"{row['success_ci_high']:.2f}]  ({row['n_tasks']} tasks)")
@@ -297,10 +310,17 @@ def eval_command(args: list[str]) -> None:
                         help="adaptation (default): the paper's fast adaptation, 20 held-out tasks x 6 episodes; "
                              "ood: the same on the run's out-of-distribution tasks (cheetah-vel: U[3, 4]); "
                              "during-training: 30 fresh tasks x 2 episodes, as logged while training; "
-                             "metaworld: every held-out class and goal, 10 adaptation then 3 evaluation episodes")
+                             "metaworld: every held-out class and goal, 10 adaptation then 3 evaluation episodes; "
+                             "paper-metaworld: the paper's MetaWorld measurement (the author's evaluator), 10 held-out "
+                             "tasks x 10 one-episode trials, sampled actions, success at any step")
     parser.add_argument("--n-tasks", type=int, default=None, help="tasks (protocol default)")
     parser.add_argument("--episodes", type=int, default=None, help="episodes per trial (protocol default)")
-    parser.add_argument("--sampled", action="store_true", help="sample actions instead of the mean")
+    actions = parser.add_mutually_exclusive_group()
+    actions.add_argument("--sampled", action="store_const", const=False, dest="deterministic",
+                         help="sample actions (default: the protocol's own; paper-metaworld samples, the others "
+                              "act with the mean)")
+    actions.add_argument("--mean", action="store_const", const=True, dest="deterministic",
+                         help="act with the policy mean")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed of the held-out tasks (default: the run's eval.seed, shared by all its seeds)")
     parser.add_argument("--attention", action="store_true", help="also save and plot attention over one trial")
@@ -324,7 +344,7 @@ def eval_command(args: list[str]) -> None:
         else:
             learner = _replace(learner, exploration_episodes=ns.exploration_episodes)
     protocol = resolve_protocol(ns.protocol, config.task.name, n_tasks=ns.n_tasks, episodes=ns.episodes,
-                                deterministic=not ns.sampled)
+                                deterministic=ns.deterministic)
     seed = config.eval.seed if ns.seed is None else ns.seed
     distribution = make_task_distribution(config.task.name, **config.task_options())
     tester = MetaTester(distribution, protocol, config.task.max_episode_steps, seed, config.task.vector_env)
@@ -334,19 +354,22 @@ def eval_command(args: list[str]) -> None:
     name = protocol.name
     if ns.exploration_episodes is not None or (run.eval_result(name).is_file()
                                                and not tester.same_as(read_json(run.eval_result(name)))):
-        name += (f"-{protocol.n_tasks}x{protocol.episodes}-seed{seed}" + ("" if protocol.deterministic else "-sampled")
+        name += (f"-{protocol.n_tasks}x{protocol.episodes}-seed{seed}"
+                 + ("" if protocol.deterministic else "-sampled")
                  + (f"-explore{ns.exploration_episodes}" if ns.exploration_episodes is not None else ""))
     result, random, oracle = tester.run_with_bounds(learner, run.eval, name)
     json_path, csv_path = run.eval_result(name), run.eval_result(name).with_suffix(".csv")
+    trials = f"{protocol.trials_per_task} trials" if protocol.trials_per_task > 1 else "trials"
     print(f"{protocol.name}: {protocol.n_tasks} held-out tasks of {tester.distribution.name} (seed {seed}), "
-          f"trials of {protocol.episodes} episodes, {'mean' if protocol.deterministic else 'sampled'} actions; "
+          f"{trials} of {protocol.episodes} episode{'s' if protocol.episodes > 1 else ''}, "
+          f"{'mean' if protocol.deterministic else 'sampled'} actions; "
           f"95% CIs: bootstrap over the {protocol.n_tasks} tasks")
     paper = adaptation_reference(config.preset, protocol.name, config.algo)
-    print("episode     mean   95% CI                  IQM   95% CI                random mean"
+    print(("  trial" if protocol.trials_per_task > 1 else "episode") + "     mean   95% CI                  IQM   95% CI                random mean"
           + ("  oracle mean  gap closed" if oracle is not None else "")
           + ("  success" if result.successes is not None else "") + ("    paper" if paper else ""))
     tops, gaps = ((np.nanmean(oracle.returns, axis=0), gap_closed(result.returns, random.returns, oracle.returns))
-                  if oracle is not None else ([None] * protocol.episodes, [None] * protocol.episodes))
+                  if oracle is not None else ([None] * result.returns.shape[1],) * 2)
     for row, floor, top, gap in zip(result.per_episode(), np.nanmean(random.returns, axis=0), tops, gaps):
         line = (f"{row['episode']:>7} {row['return_mean']:8.2f}   [{row['return_mean_ci_low']:8.2f}, "
                 f"{row['return_mean_ci_high']:8.2f}] {row['return_iqm']:8.2f}   [{row['return_iqm_ci_low']:8.2f}, "
@@ -362,7 +385,8 @@ def eval_command(args: list[str]) -> None:
     if paper:
         print(f"paper: {paper.label}, the mean of its 3 seeds read from its plot")
     if result.successes is not None:
-        _print_success_by_class(result.summary(), result.per_class(), protocol.adaptation_episodes, protocol.episodes)
+        _print_success_by_class(result.summary(), result.per_class(), protocol.adaptation_episodes, protocol.episodes,
+                                protocol.trials_per_task)
     others = f"{name}-random" + (f" and {name}-oracle" if oracle is not None else "")
     print(f"wrote {json_path} and {csv_path} (and {others} beside them)")
     if name != protocol.name:

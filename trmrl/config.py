@@ -48,6 +48,10 @@ class TaskConfig:
     is meant for machines with a core per few envs."""
     reward_function_version: Literal["v1", "v2"] = "v2"
     """MetaWorld tasks only: the reward family (metaworld's default 'v2', the paper's setting)."""
+    remembered_action: Literal["applied", "sampled"] = "applied"
+    """MetaWorld tasks only: the a_{t-1} a memory sees: the action clipped to [-1, 1] as the
+    simulator applied it ('applied'), or the raw sample of the policy ('sampled', the author's
+    RL2Env, which the MetaWorld presets follow). Other tasks report what their env applied."""
     goal_radius: float = 1.0
     """point-nav only: distance of the goals from the start."""
     goal_arc: float = 180.0
@@ -459,8 +463,17 @@ class EvalConfig:
     seed: int = 0
     """Seed of the meta-test tasks, resets and actions, independent of the training seed, so
     that runs of several training seeds are tested on the same held-out tasks."""
+    also: tuple[str, ...] = ()
+    """Named protocols (`trmrl eval --help`) run as they are defined beside the during-training one
+    at every meta-test, logged as `meta_test/<protocol>/return` and `/success`, and after
+    training beside the final ones (the MetaWorld presets: 'paper-metaworld', the paper's
+    measurement)."""
 
     def __post_init__(self) -> None:
+        from trmrl.evaluate import PROTOCOLS
+
+        unknown = [name for name in self.also if name not in PROTOCOLS]
+        _require(not unknown, f"eval.also: unknown protocol(s) {', '.join(unknown)}; choose from {', '.join(PROTOCOLS)}")
         _require(self.every_epochs >= 0, "eval.every_epochs must be >= 0")
         for name in ("n_tasks", "episodes", "final_n_tasks", "final_episodes"):
             _require(getattr(self, name) >= 1, f"eval.{name} must be >= 1")
@@ -529,7 +542,7 @@ class TrainConfig:
         """What a task distribution may take from the run (`trmrl.tasks.TASK_OPTIONS`)."""
         t = self.task
         return {"seed": self.seed, "reward_function_version": t.reward_function_version,
-                "goal_radius": t.goal_radius, "goal_arc": t.goal_arc, "step_size": t.step_size}
+                "remembered_action": t.remembered_action, "goal_radius": t.goal_radius, "goal_arc": t.goal_arc, "step_size": t.step_size}
 
     @property
     def steps_per_epoch(self) -> int:

@@ -66,6 +66,9 @@ class EvalProtocol:
     every_test_task: bool = False
     """Run every task of the held-out list once (MetaWorld: every test class and goal) instead
     of n_tasks drawn ones."""
+    trials_per_task: int = 1
+    """Separate trials per task, each from an empty memory; a result row holds a task's trials
+    one after the other (n_tasks, trials_per_task * episodes)."""
 
 
 MAX_ENVS = 50
@@ -85,6 +88,12 @@ PROTOCOLS: dict[str, EvalProtocol] = {
     # test class and goal, 10 adaptation episodes, then 3 evaluation episodes in the same trial
     # (memory carried as the agent's scope allows)
     "metaworld": EvalProtocol("metaworld", 0, 13, adaptation_episodes=10, every_test_task=True),
+    # the paper's MetaWorld measurement, the author's MetaEvaluator (examples/torch/
+    # transformer_ppo_ml1.py, src/garage/experiment/meta_evaluator.py after f7fb254b): 10 held-out
+    # tasks, 10 one-episode trials each (its RL2Worker empties the memory at every episode, so the
+    # 10 exploration episodes before them change nothing and are not run), sampled actions, an
+    # episode succeeds if any of its steps does
+    "paper-metaworld": EvalProtocol("paper-metaworld", 10, 1, deterministic=False, trials_per_task=10),
 }
 
 
@@ -101,6 +110,8 @@ def resolve_protocol(name: str, task: str, **changes: Any) -> EvalProtocol:
     if protocol.every_test_task and changes.get("n_tasks") is not None:
         raise ConfigError(f"protocol '{name}' runs every held-out task once; a task count does not apply")
     protocol = dataclasses.replace(protocol, **{k: v for k, v in changes.items() if v is not None})
+    if protocol.trials_per_task < 1:
+        raise ConfigError(f"protocol '{name}' needs at least one trial per task")
     if not 0 <= protocol.adaptation_episodes < protocol.episodes:
         raise ConfigError(f"protocol '{name}' needs more episodes ({protocol.episodes}) than adaptation episodes "
                           f"({protocol.adaptation_episodes})")
@@ -118,8 +129,8 @@ class MetaTestResult:
 
     protocol: EvalProtocol
     tasks: Sequence[Task]
-    returns: np.ndarray  # (n_tasks, episodes)
-    successes: np.ndarray | None  # (n_tasks, episodes) in {0, 1}, for tasks that report success
+    returns: np.ndarray  # (n_tasks, trials_per_task * episodes)
+    successes: np.ndarray | None  # (n_tasks, trials_per_task * episodes) in {0, 1}, for tasks that report success
     first_episode_rewards: np.ndarray  # (n_tasks, H)
 
     def per_episode(self) -> list[dict[str, float]]:
@@ -132,8 +143,10 @@ class MetaTestResult:
             rows.append(row)
         return rows
 
-    def evaluation_episodes(self) -> slice:
-        return slice(self.protocol.adaptation_episodes, None)
+    def evaluation_episodes(self) -> np.ndarray:
+        """Columns of the evaluation episodes: those after the adaptation ones in every trial."""
+        p = self.protocol
+        return np.flatnonzero(np.arange(self.returns.shape[1]) % p.episodes >= p.adaptation_episodes)
 
     def summary(self, tasks: Sequence[int] | None = None) -> dict[str, Any]:
         """Over the evaluation episodes (after the protocol's adaptation episodes) of `tasks`
@@ -161,13 +174,21 @@ class MetaTestResult:
             out |= {f"{prefix}/episode_{k}/success": float(m) for k, m in enumerate(np.nanmean(self.successes, axis=0))}
         return out
 
+    def summary_metrics(self, prefix: str) -> dict[str, float]:
+        """`<prefix>/return` (and `/success`): means over tasks of the evaluation episodes."""
+        summary = self.summary()
+        out = {f"{prefix}/return": float(summary["return_mean"])}
+        if "success_rate" in summary:
+            out[f"{prefix}/success"] = float(summary["success_rate"])
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         p = self.protocol
         return {
             "protocol": p.name, "n_tasks": len(self.tasks), "episodes": p.episodes, "deterministic": p.deterministic,
             "distribution": p.distribution,
             "tasks": [{"name": t.name, "params": list(t.params)} for t in self.tasks],
-            "adaptation_episodes": p.adaptation_episodes,
+            "adaptation_episodes": p.adaptation_episodes, "trials_per_task": p.trials_per_task,
             "intervals": f"95% percentile bootstrap over the {len(self.tasks)} tasks (2000 resamples)",
             "per_episode": self.per_episode(),
             "evaluation": self.summary(),
@@ -233,8 +254,8 @@ class MetaTester:
                 raise ConfigError(f"protocol '{protocol.name}' needs a held-out task list; "
                                   f"{self.distribution.name} has none")
             self.protocol = protocol = dataclasses.replace(protocol, n_tasks=len(self.tasks()))
-        # tasks stepped together; over several processes each steps its share of them
-        self.batch = min(protocol.n_tasks, MAX_ENVS)
+        # trials stepped together; over several processes each steps its share of them
+        self.batch = min(protocol.n_tasks * protocol.trials_per_task, MAX_ENVS)
         self.sampler = TrialSampler(self.distribution, distributed.share_size(self.batch), protocol.episodes,
                                     max_episode_steps, vector_env)
         self._single = TrialSampler(self.distribution, 1, 1, max_episode_steps)
@@ -262,18 +283,22 @@ class MetaTester:
             learner = InMemoryLearner(learner)  # type: ignore[arg-type]
         p = self.protocol
         tasks = self.tasks(index)
-        seeds, generators = self.streams(index, range(p.n_tasks))
+        trials = [task for task in tasks for _ in range(p.trials_per_task)]  # a task's trials side by side
+        seeds, generators = self.streams(index, range(len(trials)))
         if learner.adapts_in_memory:  # type: ignore[union-attr]
             parts = []
-            for start in range(0, len(tasks), self.batch):
+            for start in range(0, len(trials), self.batch):
                 batch = slice(start, start + self.batch)
-                rollout = distributed.collect(self.sampler, learner.exploration_policy(), tasks[batch],  # type: ignore[union-attr]
+                rollout = distributed.collect(self.sampler, learner.exploration_policy(), trials[batch],  # type: ignore[union-attr]
                                               seeds[batch], generators[batch], p.deterministic)
                 parts.append((episode_returns(rollout, p.episodes), episode_successes(rollout, p.episodes),
                               first_episode_rewards(rollout, self.max_episode_steps)))
             returns, successes, first = (np.concatenate(arrays) for arrays in zip(*parts))
         else:
-            returns, successes, first = self._run_episodewise(learner, tasks, seeds, generators)  # type: ignore[arg-type]
+            returns, successes, first = self._run_episodewise(learner, trials, seeds, generators)  # type: ignore[arg-type]
+        # (trials, episodes) -> (tasks, trials_per_task * episodes); the first trial's rewards
+        returns, successes = (a.reshape(len(tasks), -1) for a in (returns, successes))
+        first = first[:: p.trials_per_task]
         return MetaTestResult(p, tasks, returns, successes if self.distribution.reports_success else None, first)
 
     def oracle(self, index: int = 0) -> MetaTestResult | None:
@@ -283,7 +308,7 @@ class MetaTester:
         if not hasattr(self.distribution, "oracle_returns"):
             return None
         p, tasks = self.protocol, self.tasks(index)
-        returns = self.distribution.oracle_returns(tasks, p.episodes, self.max_episode_steps)  # type: ignore[attr-defined]
+        returns = self.distribution.oracle_returns(tasks, p.trials_per_task * p.episodes, self.max_episode_steps)  # type: ignore[attr-defined]
         return MetaTestResult(p, tasks, returns, None, np.full((len(tasks), self.max_episode_steps), np.nan))
 
     def run_with_bounds(
@@ -307,7 +332,8 @@ class MetaTester:
         episodes and action mode."""
         p = self.protocol
         tasks = [{"name": t.name, "params": list(t.params)} for t in self.tasks()]
-        return (saved.get("episodes"), saved.get("deterministic"), saved.get("tasks")) == (p.episodes, p.deterministic, tasks)
+        return ((saved.get("episodes"), saved.get("deterministic"), saved.get("trials_per_task", 1), saved.get("tasks"))
+                == (p.episodes, p.deterministic, p.trials_per_task, tasks))
 
     def _run_episodewise(
         self, learner: MetaLearner, tasks: Sequence[Task], seeds: Sequence[int], generators: Sequence[torch.Generator]
@@ -359,12 +385,13 @@ class RandomPolicy:
         return torch.zeros(len(inputs))
 
 
-def final_protocols(task: str, distribution: TaskDistribution | None = None) -> list[str]:
+def final_protocols(task: str, distribution: TaskDistribution | None = None, also: Sequence[str] = ()) -> list[str]:
     """What runs after training: the fast-adaptation protocol; the out-of-distribution one for a
     task that has an OOD pair (cheetah-vel: the paper's Fig. 5 and 6); MetaWorld's protocol over
-    every held-out task for a distribution that lists them."""
-    return (["adaptation"] + (["ood"] if registration(task).ood else [])
+    every held-out task for a distribution that lists them; then the run's `eval.also`."""
+    ours = (["adaptation"] + (["ood"] if registration(task).ood else [])
             + (["metaworld"] if hasattr(distribution, "tasks") else []))
+    return ours + [name for name in also if name not in ours]
 
 
 def final_meta_test(config: TrainConfig, learner: MetaLearner, distribution: TaskDistribution,
@@ -375,9 +402,14 @@ def final_meta_test(config: TrainConfig, learner: MetaLearner, distribution: Tas
     summary, the others nested under their protocol's name."""
     e = config.eval
     summaries = {}
-    for name in final_protocols(config.task.name, distribution):
-        size = {} if PROTOCOLS[name].every_test_task else {"n_tasks": e.final_n_tasks, "episodes": e.final_episodes}
-        protocol = resolve_protocol(name, config.task.name, deterministic=e.deterministic, **size)
+    for name in final_protocols(config.task.name, distribution, e.also):
+        if name in e.also:  # as the protocol defines it (its action mode, trials, episodes), on more tasks
+            changes = {} if PROTOCOLS[name].every_test_task else {"n_tasks": max(e.final_n_tasks, PROTOCOLS[name].n_tasks)}
+        else:
+            changes = {"deterministic": e.deterministic}
+            if not PROTOCOLS[name].every_test_task:
+                changes |= {"n_tasks": e.final_n_tasks, "episodes": e.final_episodes}
+        protocol = resolve_protocol(name, config.task.name, **changes)
         tester = MetaTester(distribution, protocol, config.task.max_episode_steps, e.seed, config.task.vector_env)
         result, random, oracle = tester.run_with_bounds(learner, eval_dir)
         tester.close()
@@ -385,7 +417,7 @@ def final_meta_test(config: TrainConfig, learner: MetaLearner, distribution: Tas
         summaries[name] = {
             "protocol": name, "distribution": tester.distribution.name,
             "n_tasks": p.n_tasks, "episodes": p.episodes, "adaptation_episodes": p.adaptation_episodes,
-            "deterministic": p.deterministic,
+            "trials_per_task": p.trials_per_task, "deterministic": p.deterministic,
             "return_per_episode": np.nanmean(result.returns, axis=0).tolist(),
             "random_return_per_episode": np.nanmean(random.returns, axis=0).tolist(),
         }

@@ -26,17 +26,19 @@ class Reference:
 
 
 LEARNING: dict[tuple[str, str], tuple[Reference, ...]] = {
-    # Fig. 4: meta-test return or success of TrMRL; appendix E: the T-Fixup ablation (the paper's
+    # Fig. 4: TrMRL's return per episode; appendix E: the T-Fixup ablation (the paper's
     # configuration there reads -93 at 2e6 where Fig. 4 reads -70); the baselines' points are
-    # where their curves end in Fig. 4
+    # where their curves end in Fig. 4. The author's MuJoCo launchers ran no meta-evaluator, so
+    # the TrMRL MuJoCo curves are most likely the training return (garage's Average/AverageReturn:
+    # the epoch's episodes, sampled actions; docs/cheetah-vel.md)
     ("cheetah-vel", "trmrl"): (
-        Reference("TrMRL (Fig. 4)", (2e6, 4e6, 1e7), (-70.0, -34.0, -25.0)),
-        Reference("without T-Fixup (app. E)", (2e6, 4e6, 1e7), (-268.0, -212.0, -190.0)),
+        Reference("TrMRL (Fig. 4; training return)", (2e6, 4e6, 1e7), (-70.0, -34.0, -25.0)),
+        Reference("without T-Fixup (app. E; training return)", (2e6, 4e6, 1e7), (-268.0, -212.0, -190.0)),
     ),
     ("cheetah-vel", "rl2"): (Reference("RL2-PPO (Fig. 4)", (4e7,), (-33.0,)),),
     ("cheetah-vel", "maml"): (Reference("MAML-TRPO (Fig. 4)", (5e7,), (-196.0,)),),
     ("cheetah-vel", "pearl"): (Reference("PEARL (Fig. 4)", (1e6,), (-29.0,)),),
-    ("ant-dir", "trmrl"): (Reference("TrMRL (Fig. 4)", (4e6, 8e6, 2e7), (310.0, 680.0, 1090.0)),),
+    ("ant-dir", "trmrl"): (Reference("TrMRL (Fig. 4; training return)", (4e6, 8e6, 2e7), (310.0, 680.0, 1090.0)),),
     ("ant-dir", "rl2"): (Reference("RL2-PPO (Fig. 4)", (4e7,), (711.0,)),),
     ("ant-dir", "maml"): (Reference("MAML-TRPO (Fig. 4)", (5e7,), (73.0,)),),
     ("ant-dir", "pearl"): (Reference("PEARL (Fig. 4)", (3.2e6,), (735.0,)),),
@@ -45,7 +47,9 @@ LEARNING: dict[tuple[str, str], tuple[Reference, ...]] = {
 
 LEARNING_SUCCESS: dict[tuple[str, str], tuple[Reference, ...]] = {
     # Fig. 4, MetaWorld v2 (this library runs metaworld 3.x's v3 tasks: same protocol, other
-    # simulation); the paper's ML45 curve is on ML45's training tasks
+    # simulation); the paper's ML45 curve is on ML45's training tasks; ML1's may be held-out or
+    # training success (the author's plotting script has both), both sampled actions, an episode
+    # succeeding at any step: compare with the 'paper-metaworld' and training curves
     ("ml1-reach", "trmrl"): (Reference("TrMRL, ML1-Reach-v2 (Fig. 4)", (2.2e6, 4.3e6), (0.88, 0.98)),),
     ("ml1-reach", "rl2"): (Reference("RL2-PPO, ML1-Reach-v2 (Fig. 4)", (2e7, 5e7), (0.58, 0.99)),),
     ("ml1-reach", "maml"): (Reference("MAML-TRPO, ML1-Reach-v2 (Fig. 4)", (2.5e7,), (0.98,)),),

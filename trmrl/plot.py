@@ -28,6 +28,10 @@ from trmrl.rundir import RunDir, read_json, write_text
 from trmrl.stats import Aggregate, aggregate, probability_of_improvement
 
 META_TEST = re.compile(r"meta_test/episode_(\d+)/(return|success)")
+OTHER_PROTOCOL = re.compile(r"meta_test/([a-z0-9-]+)/(return|success)")  # `eval.also`: one value per protocol
+TRAINING = {"return": "charts/episode_return", "success": "charts/success"}
+"""Per-epoch training metrics: the epoch's episodes on its training tasks, sampled actions (what
+garage logs as Average/AverageReturn and SuccessRate)."""
 
 
 def group_label(run_dir: Path) -> str:
@@ -47,6 +51,14 @@ class Run:
     random: dict | None  # eval/<protocol>-random.json: a random policy on the same tasks
     oracle: dict | None = None  # eval/<protocol>-oracle.json: a goal-knowing agent, where the task has one
     config: dict = field(default_factory=dict)  # config.json
+    others: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    """'training/return', 'training/success' (per epoch) and '<protocol>/return' or '/success' of the
+    run's other during-training protocols: env steps (P,), values (P,)."""
+
+    def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """'meta_test/return', 'meta_test/success' or one of `others` (empty where absent)."""
+        found = {"meta_test/return": self.curve, "meta_test/success": self.success}.get(key) or self.others.get(key)
+        return found if found is not None else (np.array([]), np.array([]))
 
 
 def load_run(path: Path, protocol: str) -> Run:
@@ -55,19 +67,29 @@ def load_run(path: Path, protocol: str) -> Run:
         raise CheckpointError(f"{path} is not a run directory (no metrics.jsonl)")
     records = read_metrics(path)
     curves: dict[str, tuple[list[int], list[float]]] = {"return": ([], []), "success": ([], [])}
+    others: dict[str, tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
     for record in records:
         for metric, (steps, values) in curves.items():
             episodes = [v for k, v in record.items() if (m := META_TEST.fullmatch(k)) and m.group(2) == metric]
             if episodes:
                 steps.append(_measured_at(record))
                 values.append(float(np.mean(episodes)))
+        for key, value in record.items():
+            if (m := OTHER_PROTOCOL.fullmatch(key)) and not META_TEST.fullmatch(key) and value is not None:
+                others[f"{m.group(1)}/{m.group(2)}"][0].append(_measured_at(record))
+                others[f"{m.group(1)}/{m.group(2)}"][1].append(float(value))
+        for metric, key in TRAINING.items():
+            if record.get(key) is not None:  # logged after the epoch whose episodes it averages
+                others[f"training/{metric}"][0].append(record["charts/env_steps"])
+                others[f"training/{metric}"][1].append(float(record[key]))
     read = lambda file: read_json(file) if file.is_file() else None  # noqa: E731
     config = read(run.config) or {}
     algo = config.get("algo", "trmrl")
     return Run(f"{algo}: {group_label(path)}", path, config.get("preset"), algo,
                *((np.array(steps), np.array(values)) for steps, values in curves.values()),
                read(run.eval_result(protocol)), read(run.eval_result(f"{protocol}-random")),
-               read(run.eval_result(f"{protocol}-oracle")), config)
+               read(run.eval_result(f"{protocol}-oracle")), config,
+               {key: (np.array(steps), np.array(values)) for key, (steps, values) in others.items()})
 
 
 def _measured_at(record: dict) -> int:
@@ -144,13 +166,16 @@ def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Ag
     return paths
 
 
-def learning_curves(runs: list[Run], metric: str = "curve") -> dict[str, tuple[np.ndarray, list[Aggregate], int]]:
-    """Per group: env steps at which every run has a meta-test, and the aggregate over runs of
-    `metric` ('curve': the return; 'success': the success rate)."""
+def learning_curves(runs: list[Run], metric: str = "curve", suffix: str = ""
+                    ) -> dict[str, tuple[np.ndarray, list[Aggregate], int]]:
+    """Per group (its label + `suffix`): env steps at which every run has a value, and the
+    aggregate over runs of `metric` ('curve': the meta-test return; 'success': the meta-test
+    success rate; or a `Run.series` key such as 'training/return')."""
+    key = {"curve": "meta_test/return", "success": "meta_test/success"}.get(metric, metric)
     groups: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
     for run in runs:
-        if len(getattr(run, metric)[0]):
-            groups[run.label].append(getattr(run, metric))
+        if len(run.series(key)[0]):
+            groups[run.label + suffix].append(run.series(key))
     out = {}
     for label, members in groups.items():
         common = sorted(set.intersection(*(set(steps.tolist()) for steps, _ in members)))
@@ -159,6 +184,19 @@ def learning_curves(runs: list[Run], metric: str = "curve") -> dict[str, tuple[n
         scores = np.array([[dict(zip(steps.tolist(), values))[x] for x in common] for steps, values in members])
         out[label] = (np.array(common), [aggregate(scores[:, j, None]) for j in range(len(common))], len(members))
     return out
+
+
+def quantity_curves(runs: list[Run], metric: str) -> dict[str, tuple[np.ndarray, list[Aggregate], int]]:
+    """Every quantity of `metric` ('return' or 'success') the runs logged, each its own curve: the
+    during-training meta-test on held-out tasks, the training episodes (the paper's MuJoCo curves
+    plot this one, docs/cheetah-vel.md), and the run's other protocols (`eval.also`)."""
+    mode = {"mean" if run.config.get("eval", {}).get("deterministic", True) else "sampled" for run in runs}
+    keys = {key for run in runs for key in run.others if key.endswith(f"/{metric}") and not key.startswith("training/")}
+    curves = learning_curves(runs, f"meta_test/{metric}", f" · held-out meta-test, {'/'.join(sorted(mode))} actions")
+    curves |= learning_curves(runs, f"training/{metric}", " · training episodes, sampled actions")
+    for key in sorted(keys):
+        curves |= learning_curves(runs, key, f" · {key.split('/')[0]} protocol")
+    return curves
 
 
 def _adaptation_groups(runs: list[Run]) -> dict[str, list[dict]]:
@@ -281,17 +319,14 @@ def plot_runs(run_dirs: list[Path], out: Path, protocol: str = "adaptation", pap
     preset = shared_preset(runs) if paper else None
     algos = sorted({run.algo for run in runs})  # the paper's points of every algorithm plotted
     paths: list[Path] = []
-    learning = learning_curves(runs)
-    if learning:
-        paths += _figure("Meta-training: meta-test return (mean over the episodes of a trial)",
-                         "environment steps", learning, out, "learning_curves",
-                         references=[r for a in algos for r in learning_references(preset, "return", a)])
-    success = learning_curves(runs, "success")
-    if success:
-        paths += _figure("Meta-training: meta-test success rate on held-out tasks (mean over the episodes of a trial)",
-                         "environment steps", success, out, "success_curves",
-                         references=[r for a in algos for r in learning_references(preset, "success", a)],
-                         ylabel="meta-test success rate")
+    for metric, name, title in (("return", "learning_curves", "return per episode"),
+                                ("success", "success_curves", "success rate per episode")):
+        curves = quantity_curves(runs, metric)
+        if curves:
+            paths += _figure(f"Meta-training: {title} (the label says which quantity each curve is)",
+                             "environment steps", curves, out, name,
+                             references=[r for a in algos for r in learning_references(preset, metric, a)],
+                             ylabel=title)
     adaptation = adaptation_curves(runs)
     if adaptation:
         kind = next((run.adaptation["protocol"] for run in runs if run.adaptation), protocol)  # the file's protocol

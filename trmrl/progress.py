@@ -65,11 +65,15 @@ class Progress:
         """A meta-test's result (`meta_test/episode_k/return` and `/success`) at `steps` env steps."""
         if not self.enabled:
             return
-        returns = [v for k, v in metrics.items() if k.endswith("/return")]
-        line = f"[{self.name}] meta-test at {steps:,} steps: return per episode " + ", ".join(f"{r:.2f}" for r in returns)
-        successes = [v for k, v in metrics.items() if k.endswith("/success")]
-        if successes:
+        per_episode = lambda metric: [v for k, v in metrics.items()  # noqa: E731
+                                      if k.startswith("meta_test/episode_") and k.endswith(metric)]
+        line = (f"[{self.name}] meta-test at {steps:,} steps: return per episode "
+                + ", ".join(f"{r:.2f}" for r in per_episode("/return")))
+        if successes := per_episode("/success"):
             line += "; success per episode " + ", ".join(f"{s:.2f}" for s in successes)
+        for key, value in metrics.items():  # the other protocols' summaries (`eval.also`)
+            if not key.startswith("meta_test/episode_"):
+                line += f"; {key.removeprefix('meta_test/')} {value:.2f}"
         if self.terminal:
             self.bar.write(line, file=self.stream)
         else:

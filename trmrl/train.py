@@ -18,7 +18,7 @@ from trmrl import checkpoint, distributed
 from trmrl.algos import make_algorithm
 from trmrl.config import TrainConfig, from_dict, to_dict
 from trmrl.errors import CheckpointError, ConfigError, DistributedError, DivergenceError, Interrupted
-from trmrl.evaluate import MetaTester, during_training, final_meta_test
+from trmrl.evaluate import MetaTester, during_training, final_meta_test, resolve_protocol
 from trmrl.log import MetricLogger
 from trmrl.progress import Progress
 from trmrl.protocols import Algorithm, TaskPool
@@ -82,6 +82,9 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
     e = config.eval
     tester = MetaTester(distribution, during_training(e.n_tasks, e.episodes, e.deterministic),
                         config.task.max_episode_steps, e.seed, config.task.vector_env)
+    # the run's other protocols (`eval.also`), as they are defined, on fresh tasks at each meta-test
+    also = {name: MetaTester(distribution, resolve_protocol(name, config.task.name), config.task.max_episode_steps,
+                             e.seed, config.task.vector_env) for name in e.also}
     end = config.n_epochs if max_epochs is None else min(config.n_epochs, start + max_epochs)
     steps_after = config.env_steps_after
     progress = Progress(config.preset, start, end, steps_after(start), steps_after(config.n_epochs),
@@ -91,6 +94,8 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
         """The during-training protocol on the agent that has seen `epoch` epochs, logged at the
         env steps it had seen (before epoch `epoch` samples)."""
         metrics = tester.run(algorithm.meta_learner(), index=epoch).metrics()
+        for name, other in also.items():
+            metrics |= other.run(algorithm.meta_learner(), index=epoch).summary_metrics(f"meta_test/{name}")
         if logger:
             logger.log(epoch, steps_after(epoch), metrics)
         progress.meta_test(steps_after(epoch), metrics)
@@ -133,7 +138,8 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
             progress.close()
             if logger:
                 logger.close()
-            tester.close()
+            for t in (tester, *also.values()):
+                t.close()
     if end < config.n_epochs or not e.final:
         return {}
     return final_meta_test(config, algorithm.meta_learner(), distribution, run.eval)

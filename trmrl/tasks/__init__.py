@@ -25,9 +25,9 @@ from trmrl.tasks.base import Split, Task, TaskDistribution, TaskEnv
 __all__ = ["Split", "Task", "TaskDistribution", "TaskEnv", "Registration", "register", "register_family",
            "registered", "families", "registration", "make_task_distribution", "check_task_name", "TASK_OPTIONS"]
 
-TASK_OPTIONS = ("seed", "reward_function_version", "goal_radius", "goal_arc", "step_size")
+TASK_OPTIONS = ("seed", "reward_function_version", "remembered_action", "goal_radius", "goal_arc", "step_size")
 """What a registration may ask `make` to receive: the run's seed (MetaWorld builds its goals from
-it), `task.reward_function_version` (MetaWorld) and point-nav's `task.goal_radius`,
+it), `task.reward_function_version` and `task.remembered_action` (MetaWorld) and point-nav's `task.goal_radius`,
 `task.goal_arc` and `task.step_size`."""
 
 
@@ -128,7 +128,7 @@ register("cheetah-dir", _lazy("mujoco", "cheetah_dir", needs=_MUJOCO), "HalfChee
 register("ant-dir", _lazy("mujoco", "ant_dir", needs=_MUJOCO), "Ant, direction +-1 rad (the original code's convention)")
 
 # MetaWorld (the `metaworld` extra): goals built from the run's seed.
-_MW = ("seed", "reward_function_version")
+_MW = ("seed", "reward_function_version", "remembered_action")
 for _class in ("reach-v3", "push-v3", "pick-place-v3"):
     register(f"ml1/{_class}", _lazy("metaworld", "ml1", _class),
              f"MetaWorld ML1 {_class}: 50 train goals, 50 held-out goals (pip install 'trmrl[metaworld]')", options=_MW)

@@ -31,6 +31,7 @@ from trmrl.errors import ConfigError, MissingDependencyError
 from trmrl.tasks.base import Split, Task
 
 RewardVersion = Literal["v1", "v2"]
+RememberedAction = Literal["applied", "sampled"]
 MUJOCO = "3.3.0"
 """The MuJoCo release metaworld 3.1 pins; another one changes (or breaks) its tasks."""
 ENVS_PER_CLASS_CACHE = 1
@@ -104,9 +105,11 @@ class MetaWorldTaskEnv(gym.Env[np.ndarray, np.ndarray]):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, classes: dict[str, type], reward_function_version: RewardVersion = "v2") -> None:
+    def __init__(self, classes: dict[str, type], reward_function_version: RewardVersion = "v2",
+                 remembered_action: RememberedAction = "applied") -> None:
         self._classes = classes
         self._reward_function_version = reward_function_version
+        self._remembered_action = remembered_action
         self._envs: OrderedDict[str, Any] = OrderedDict()
         self._env: Any = None
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(39,), dtype=np.float64)
@@ -137,9 +140,9 @@ class MetaWorldTaskEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         obs, reward, _, _, info = self._env.step(np.asarray(action, dtype=np.float32))
-        info = dict(info, success=bool(info["success"]),
-                    # metaworld clips the action itself; the agent remembers what was applied
-                    applied_action=np.clip(action, -1.0, 1.0))
+        info = dict(info, success=bool(info["success"]))
+        if self._remembered_action == "applied":  # metaworld clips the action itself: remember what it applied
+            info["applied_action"] = np.clip(action, -1.0, 1.0)
         return obs, float(reward), False, False, info
 
     def close(self) -> None:
@@ -157,12 +160,16 @@ class MetaWorldBenchmark:
     held_out = True
     reports_success = True
 
-    def __init__(self, kind: str, name: str, seed: int = 0, reward_function_version: RewardVersion = "v2") -> None:
+    def __init__(self, kind: str, name: str, seed: int = 0, reward_function_version: RewardVersion = "v2",
+                 remembered_action: RememberedAction = "applied") -> None:
         require_metaworld()
         if reward_function_version not in ("v1", "v2"):
             raise ConfigError(f"task.reward_function_version must be 'v1' or 'v2', not '{reward_function_version}'")
+        if remembered_action not in ("applied", "sampled"):
+            raise ConfigError(f"task.remembered_action must be 'applied' or 'sampled', not '{remembered_action}'")
         self.kind, self.name, self.seed = kind, name, seed
         self.reward_function_version = reward_function_version
+        self.remembered_action = remembered_action
 
     def _built(self) -> tuple[OrderedDict[str, type], OrderedDict[str, type], list[Any], list[Any]]:
         return _benchmark(self.kind, self.seed)
@@ -187,7 +194,7 @@ class MetaWorldBenchmark:
 
     def make_env(self) -> MetaWorldTaskEnv:
         train, test, _, _ = self._built()
-        return MetaWorldTaskEnv({**train, **test}, self.reward_function_version)
+        return MetaWorldTaskEnv({**train, **test}, self.reward_function_version, self.remembered_action)
 
 
 @lru_cache(maxsize=16)
@@ -198,26 +205,30 @@ def _tasks(kind: str, seed: int, split: Split) -> tuple[Task, ...]:
                  for t in (train if split == "train" else test))
 
 
-def ml1(name: str, seed: int = 0, reward_function_version: RewardVersion = "v2") -> MetaWorldBenchmark:
+def ml1(name: str, seed: int = 0, reward_function_version: RewardVersion = "v2",
+        remembered_action: RememberedAction = "applied") -> MetaWorldBenchmark:
     """ML1 on class `name` (e.g. 'reach-v3'): 50 train goals, 50 held-out test goals."""
     names = ml1_names()
     if name not in names:
         raise ConfigError(f"unknown MetaWorld class '{name}' for ml1/; choose from {', '.join(names)}")
-    return MetaWorldBenchmark(f"ML1:{name}", f"ml1/{name}", seed, reward_function_version)
+    return MetaWorldBenchmark(f"ML1:{name}", f"ml1/{name}", seed, reward_function_version, remembered_action)
 
 
-def ml10(seed: int = 0, reward_function_version: RewardVersion = "v2") -> MetaWorldBenchmark:
+def ml10(seed: int = 0, reward_function_version: RewardVersion = "v2",
+         remembered_action: RememberedAction = "applied") -> MetaWorldBenchmark:
     """ML10: 10 train classes, 5 held-out test classes, 50 goals each."""
-    return MetaWorldBenchmark("ML10", "ml10", seed, reward_function_version)
+    return MetaWorldBenchmark("ML10", "ml10", seed, reward_function_version, remembered_action)
 
 
-def ml45(seed: int = 0, reward_function_version: RewardVersion = "v2") -> MetaWorldBenchmark:
+def ml45(seed: int = 0, reward_function_version: RewardVersion = "v2",
+         remembered_action: RememberedAction = "applied") -> MetaWorldBenchmark:
     """ML45: 45 train classes, 5 held-out test classes, 50 goals each."""
-    return MetaWorldBenchmark("ML45", "ml45", seed, reward_function_version)
+    return MetaWorldBenchmark("ML45", "ml45", seed, reward_function_version, remembered_action)
 
 
 def custom(train: Sequence[str], test: Sequence[str], seed: int = 0,
-           reward_function_version: RewardVersion = "v2") -> MetaWorldBenchmark:
+           reward_function_version: RewardVersion = "v2", remembered_action: RememberedAction = "applied"
+           ) -> MetaWorldBenchmark:
     """Train on classes `train`, meta-test on the held-out classes `test` (metaworld.CustomML;
     its goals differ from ML10's or ML45's for the same classes and seed)."""
     names = set(ml1_names())
@@ -226,4 +237,5 @@ def custom(train: Sequence[str], test: Sequence[str], seed: int = 0,
         raise ConfigError(f"a custom MetaWorld benchmark needs known, disjoint, non-empty train and test classes "
                           f"(unknown: {unknown})")
     kind = f"CustomML:{','.join(train)}|{','.join(test)}"
-    return MetaWorldBenchmark(kind, f"metaworld:{'+'.join(train)}/{'+'.join(test)}", seed, reward_function_version)
+    return MetaWorldBenchmark(kind, f"metaworld:{'+'.join(train)}/{'+'.join(test)}", seed, reward_function_version,
+                              remembered_action)
