@@ -14,7 +14,7 @@ from trmrl.train import train
 
 
 def run(tmp_path, window: int, seed: int) -> dict:
-    """The preset at its full budget on one thread (the README's point-nav results)."""
+    """The preset at its full budget on one thread (the point-nav results of docs/results.md)."""
     config = get_preset("point-nav")
     config = dataclasses.replace(
         config, seed=seed, progress=False, torch_threads=1,
@@ -38,7 +38,7 @@ def check(tmp_path, seeds: tuple[int, ...], threshold: float, margin: float) -> 
 
 
 def test_trmrl_meta_learns_point_nav(tmp_path):
-    # measured (README, benchmarks/point_nav_variants.py r1-half): seed 1, W = 5 -6.99 on the 50
+    # measured (docs/results.md, benchmarks/point_nav_variants.py r1-half): seed 1, W = 5 -6.99 on the 50
     # tasks; the best constant action -14.38, W = 1 -11.23 (the slow test below), random -20.44
     result = run(tmp_path, 5, 1)
     trmrl_return = float(np.mean(result["return_per_episode"]))

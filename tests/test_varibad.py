@@ -176,7 +176,7 @@ def test_varibad_config_and_presets():
 
 def test_varibad_learns_point_nav_beyond_a_memoryless_agent(tmp_path):
     """The point-nav preset at its 400k-step budget: in a trial's first episode, where VariBAD is
-    at its best on point-nav (README), its belief beats the best agent without memory on the same
+    at its best on point-nav (docs/results.md), its belief beats the best agent without memory on the same
     held-out tasks by a clear margin, and over the trial it is still ahead of it."""
     config = get_preset("point-nav", "varibad").replace(
         seed=1, progress=False, torch_threads=1, total_env_steps=400_000,

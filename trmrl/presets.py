@@ -60,7 +60,7 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
             # gain 1 the initial mean action left the action box [-1, 1] on half its components
             # for seeds 1 and 2; the env clips those, the returns then say nothing about them, and
             # such runs walked away from the goals for their whole budget
-            # (benchmarks/point_nav_variants.py, README "point-nav beyond the tuned toy").
+            # (benchmarks/point_nav_variants.py, docs/results.md "point-nav beyond the tuned toy").
             model=ModelConfig(d_model=32, n_heads=4, d_ff=128, n_layers=2, window=5, memory_scope="trial",
                               init_std=0.5, share_network=False, output_weights_scale=0.01),
             # An entropy bonus of 0.02: without it the action std kept shrinking (0.50 to 0.25 on
@@ -161,7 +161,7 @@ _RL2_MUJOCO = dict(
 ALGO_PRESETS: dict[tuple[str, str], tuple[str, TrainConfig]] = {
     ("point-nav", "rl2"): (
         "point-nav's PPO settings (this project) with a GRU of 64 over whole trials",
-        PRESETS["point-nav"][1].replace(algo="rl2", ppo={"ent_coef": 0.0},  # the runs of the README
+        PRESETS["point-nav"][1].replace(algo="rl2", ppo={"ent_coef": 0.0},  # the runs of docs/results.md
                                         rl2=RL2Config(cell="gru", hidden_size=64, bptt_chunk=40, init_std=0.5)),
     ),
     **{(name, "rl2"): ("garage's RL2PPO HalfCheetahVel example on this preset's trials",
