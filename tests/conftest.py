@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from trmrl.config import EvalConfig, ModelConfig, PPOConfig, TaskConfig, TrainConfig
+from trmrl.algos import make_config, with_algorithm
+from trmrl.config import EvalConfig, PPOConfig, TaskConfig, TrainConfig
 from trmrl.evaluate import MetaTester, resolve_protocol
+from trmrl.nets.policy import ModelConfig
 from trmrl.protocols import Starts, Step
 from trmrl.tasks import make_task_distribution
 
@@ -26,7 +28,8 @@ def without_timing(records: list[dict]) -> list[dict]:
 
 def tiny_config(**changes) -> TrainConfig:
     """A point-nav run small enough for unit tests: 8 tasks x 2 episodes x 5 steps per epoch."""
-    config = TrainConfig(
+    config = make_config(
+        "trmrl",
         preset="point-nav",
         seed=3,
         total_env_steps=4 * 80,
@@ -38,6 +41,9 @@ def tiny_config(**changes) -> TrainConfig:
         checkpoint_every=1,
         progress=False,
     )
+    algo = changes.pop("algo", None)
+    if algo is not None:  # another algorithm on the same trials (PPO's settings carried over)
+        config = with_algorithm(config, algo)
     return dataclasses.replace(config, **changes)
 
 

@@ -87,11 +87,11 @@ def test_train_then_resume_end_to_end(tmp_path):
     tested = [(r["epoch"], r["charts/env_steps"]) for r in records if "meta_test/episode_0/return" in r]
     assert trained == [(0, 320), (1, 640), (2, 960), (3, 1280)] and tested == [(0, 0), (4, 1280)]
     # ... the numbers of one uninterrupted run of the same config, and its final meta-test
-    from trmrl.config import TrainConfig, from_dict
+    from trmrl.algos import load_config
     from trmrl.log import read_metrics
     from trmrl.train import train
 
-    config = from_dict(TrainConfig, json.loads((run / "config.json").read_text())).replace(total_env_steps=1280)
+    config = load_config(json.loads((run / "config.json").read_text())).replace(total_env_steps=1280)
     train(config, tmp_path / "uninterrupted")
     assert without_timing(read_metrics(run)) == without_timing(read_metrics(tmp_path / "uninterrupted"))
     assert json.loads((run / "eval" / "adaptation.json").read_text())["returns"] == \
@@ -260,7 +260,7 @@ def test_a_signal_stops_after_the_epoch_with_a_checkpoint_and_the_resume_is_exac
     """A scheduler's SIGTERM (or Ctrl-C) mid-run: the epoch ends, a checkpoint is written although
     none was due, one line names the resume command; resumed, the run's numbers are those of an
     uninterrupted run."""
-    from trmrl.config import TrainConfig, from_dict
+    from trmrl.algos import load_config
     from trmrl.log import read_metrics
     from trmrl.train import train
 
@@ -283,6 +283,6 @@ def test_a_signal_stops_after_the_epoch_with_a_checkpoint_and_the_resume_is_exac
     assert 3 <= epochs < 40
     result = trmrl("train", "--resume", str(run), "--no-progress")
     assert result.returncode == 0, result.stderr
-    config = from_dict(TrainConfig, json.loads((run / "config.json").read_text()))
+    config = load_config(json.loads((run / "config.json").read_text()))
     train(config, tmp_path / "uninterrupted")
     assert without_timing(read_metrics(run)) == without_timing(read_metrics(tmp_path / "uninterrupted"))

@@ -20,8 +20,8 @@ import torch.multiprocessing as mp
 from conftest import tiny_config
 
 from trmrl import checkpoint, distributed
-from trmrl.algos import make_algorithm
-from trmrl.config import TrainConfig, from_dict, to_dict
+from trmrl.algos import load_config, make_algorithm
+from trmrl.config import TrainConfig, to_dict
 from trmrl.evaluate import MetaTester, during_training
 from trmrl.log import read_metrics
 from trmrl.rundir import RunDir
@@ -68,7 +68,7 @@ def worker(rank: int, world: int, port: int, config: dict, out_dir: str) -> None
     os.environ.update(as_rank(rank, world, port))
     torch.set_num_threads(1)
     with distributed.session("cpu", timeout=60):
-        torch.save(run_epochs(from_dict(TrainConfig, config)), Path(out_dir) / f"rank{rank}.pt")
+        torch.save(run_epochs(load_config(config)), Path(out_dir) / f"rank{rank}.pt")
 
 
 def named(state, prefix=""):
@@ -172,7 +172,7 @@ def test_nproc_and_torchrun_train_resume_with_another_count_and_evaluate(tmp_pat
     assert (run / "eval" / "adaptation-4x2-seed0.json").is_file()
     # the run of 2, then 1, then 2 processes learned what one uninterrupted process learns, up to
     # the rounding of summing gradients in another order (test_two_processes_match_one)
-    config = from_dict(TrainConfig, json.loads((run / "config.json").read_text())).replace(total_env_steps=2560)
+    config = load_config(json.loads((run / "config.json").read_text())).replace(total_env_steps=2560)
     train(config, tmp_path / "one")
     records = [r for r in read_metrics(run) if "losses/policy_loss" in r]
     alone = [r for r in read_metrics(tmp_path / "one") if "losses/policy_loss" in r]
@@ -186,9 +186,9 @@ def test_nproc_and_torchrun_train_resume_with_another_count_and_evaluate(tmp_pat
 
 def test_bad_launches_end_in_one_line(tmp_path):
     # counts that do not divide, an algorithm that trains in one process: refused before launching
-    for args, fragment in ((["--nproc", "3"], "multiple of the number of processes (3)"),
-                           (["--algo", "maml", "--nproc", "2"], "'maml' trains in one process")):
-        code, _, err = finished(trmrl("train", "point-nav", *args, "--run-dir", str(tmp_path / "r"), *SMALL))
+    for args, fragment in ((["--nproc", "3", *SMALL], "multiple of the number of processes (3)"),
+                           (["--algo", "maml", "--nproc", "2", *SMALL[:6]], "'maml' trains in one process")):
+        code, _, err = finished(trmrl("train", "point-nav", *args, "--run-dir", str(tmp_path / "r")))
         assert code == 2 and len(err) == 1 and fragment in err[0], err
     assert not (tmp_path / "r").exists()
     # a rendezvous nobody answers (a launch of rank 1 whose rank 0 never came): one line after the timeout

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from trmrl.config import ModelConfig
 from trmrl.evaluate import EvalProtocol, InMemoryLearner, MetaTester, resolve_protocol
-from trmrl.nets.policy import ActorCritic
+from trmrl.nets.policy import ActorCritic, ModelConfig
 from trmrl.nets.transformer import CausalSelfAttention
 from trmrl.protocols import Step
 from trmrl.seeding import Stream, numpy_rng

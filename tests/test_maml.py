@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from trmrl.algos import make_config
 from trmrl.algos.maml import (
     GaussianMLP,
+    MAMLConfig,
     MAMLLearner,
     MAMLPolicy,
     TaskBatch,
@@ -22,7 +24,7 @@ from trmrl.algos.maml import (
     meta_params,
     steps_into_episode,
 )
-from trmrl.config import EvalConfig, MAMLConfig, TaskConfig, TrainConfig
+from trmrl.config import EvalConfig, TaskConfig
 from trmrl.presets import get_preset
 from trmrl.protocols import Starts
 from trmrl.sampler import Rollout
@@ -226,7 +228,7 @@ def test_maml_config_is_validated():
         MAMLConfig(inner_lr=0.0)
     with pytest.raises(ConfigError, match="maml.line_search_ratio"):
         MAMLConfig(line_search_ratio=1.0)
-    config = TrainConfig(algo="maml", task=TaskConfig(max_episode_steps=20, tasks_per_epoch=4),
+    config = make_config("maml", task=TaskConfig(max_episode_steps=20, tasks_per_epoch=4),
                          maml=MAMLConfig(rollouts_per_task=3, inner_steps=2))
     assert config.steps_per_epoch == 4 * 3 * 3 * 20
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from trmrl.config import ModelConfig, PPOConfig
-from trmrl.memory import Window, gather_windows
-from trmrl.nets.policy import ActorCritic
-from trmrl.nets.transformer import CausalTransformer, sinusoidal_positions
 from trmrl.algos.trmrl import TrMRLPolicy, make_batch
+from trmrl.config import PPOConfig
+from trmrl.memory import Window, gather_windows
+from trmrl.nets.policy import ActorCritic, ModelConfig
+from trmrl.nets.transformer import CausalTransformer, sinusoidal_positions
 from trmrl.protocols import Starts
 from trmrl.sampler import TrialSampler
 from trmrl.tasks import make_task_distribution

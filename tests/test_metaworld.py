@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from trmrl import tasks
-from trmrl.config import EvalConfig, ModelConfig, PPOConfig, TaskConfig, TrainConfig
+from trmrl.algos import make_config
+from trmrl.config import EvalConfig, PPOConfig, TaskConfig
 from trmrl.errors import ConfigError
 from trmrl.evaluate import EvalProtocol, MetaTester, resolve_protocol
+from trmrl.nets.policy import ModelConfig
 from trmrl.plot import plot_runs
 from trmrl.protocols import Step
 from trmrl.tasks import make_task_distribution
@@ -199,7 +201,7 @@ def test_short_run_on_a_class_subset_reports_success_per_held_out_class(tmp_path
     tasks.register("metaworld-smoke", lambda seed=0, reward_function_version="v2", remembered_action="applied": custom(
         ["reach-v3", "push-v3"], ["door-open-v3", "drawer-close-v3"], seed, reward_function_version, remembered_action),
         options=("seed", "reward_function_version", "remembered_action"), replace=True)
-    config = TrainConfig(
+    config = make_config(
         preset="metaworld-smoke", total_env_steps=160, seed=3, progress=False,
         task=TaskConfig(name="metaworld-smoke", episodes_per_trial=2, max_episode_steps=10, tasks_per_epoch=4,
                         remembered_action="sampled"),

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from trmrl.algos import make_config
 from trmrl.algos.pearl import (
     PEARL,
     ContextEncoder,
+    PEARLConfig,
     TanhGaussianPolicy,
     TaskBuffers,
     kl_to_prior,
@@ -21,7 +23,7 @@ from trmrl.algos.pearl import (
     soft_v_target,
     transitions,
 )
-from trmrl.config import EvalConfig, PEARLConfig, TaskConfig, TrainConfig
+from trmrl.config import EvalConfig, TaskConfig
 from trmrl.evaluate import MetaTester, during_training
 from trmrl.presets import get_preset
 from trmrl.tasks import make_task_distribution
@@ -33,7 +35,7 @@ TINY = PEARLConfig(n_train_tasks=6, latent_size=3, net_size=32, encoder_hidden=(
 
 
 def tiny_pearl(task="point-nav", seed=3, **changes):
-    return TrainConfig(preset="point-nav", algo="pearl", seed=seed, total_env_steps=40 * 6 + 2 * 80,
+    return make_config("pearl", preset="point-nav", seed=seed, total_env_steps=40 * 6 + 2 * 80,
                        task=TaskConfig(name=task, max_episode_steps=10),
                        pearl=TINY if not changes else TINY.__class__(**{**TINY.__dict__, **changes}),
                        eval=EvalConfig(every_epochs=1, n_tasks=3, episodes=3, final_n_tasks=3, final_episodes=3),

@@ -7,8 +7,8 @@ import torch
 from conftest import memoryless_return, without_timing
 
 from trmrl.algos.rl2 import RL2Policy, _ChunkStartRecorder, make_chunks
-from trmrl.config import PPOConfig, RL2Config
-from trmrl.nets.recurrent import RecurrentActorCritic
+from trmrl.config import PPOConfig
+from trmrl.nets.recurrent import RecurrentActorCritic, RL2Config
 from trmrl.protocols import Starts
 from trmrl.sampler import TrialSampler
 from trmrl.seeding import Stream, task_streams
@@ -105,11 +105,11 @@ def test_train_resume_and_eval_an_rl2_run_from_the_command_line(tmp_path):
     result = cli("train", "--resume", str(run), "--total-env-steps", "1280", "--no-progress")
     assert result.returncode == 0, result.stderr
     # the resumed run's numbers are those of one uninterrupted run of its config
-    from trmrl.config import TrainConfig, from_dict
+    from trmrl.algos import load_config
     from trmrl.log import read_metrics
     from trmrl.train import train
 
-    train(from_dict(TrainConfig, json.loads((run / "config.json").read_text())).replace(total_env_steps=1280),
+    train(load_config(json.loads((run / "config.json").read_text())).replace(total_env_steps=1280),
           tmp_path / "uninterrupted")
     assert without_timing(read_metrics(run)) == without_timing(read_metrics(tmp_path / "uninterrupted"))
     result = cli("eval", str(run), "--n-tasks", "3", "--episodes", "2")

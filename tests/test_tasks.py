@@ -9,7 +9,6 @@ from gymnasium.utils.env_checker import check_env
 from trmrl.tasks import make_task_distribution, registered
 from trmrl.trial import TrialEnv
 
-
 METAWORLD = {name for name, entry in registered().items() if "reward_function_version" in entry.options}
 
 
@@ -112,10 +111,11 @@ def test_point_nav_reward_is_minus_distance(name):
 
 
 def test_point_nav_goal_distribution_and_step_are_options():
-    from trmrl.config import TaskConfig, TrainConfig
+    from trmrl.algos import make_config
+    from trmrl.config import TaskConfig
     from trmrl.errors import ConfigError
 
-    config = TrainConfig(task=TaskConfig(goal_radius=2.0, goal_arc=90.0, step_size=0.25))
+    config = make_config(task=TaskConfig(goal_radius=2.0, goal_arc=90.0, step_size=0.25))
     d = make_task_distribution("point-nav", **config.task_options())
     goals = np.array([t.params for t in d.sample(rng0(), 200, "train")])
     assert np.allclose(np.hypot(goals[:, 0], goals[:, 1]), 2.0)

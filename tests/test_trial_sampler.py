@@ -108,8 +108,7 @@ def test_data_do_not_depend_on_how_tasks_are_split_over_samplers(name):
     """Per-task random streams: B tasks collected in one sampler equal the same tasks collected
     as two samplers of B/2 (ant-dir: early terminations restart trials at different steps)."""
     from trmrl.algos.trmrl import TrMRLPolicy
-    from trmrl.config import ModelConfig
-    from trmrl.nets.policy import ActorCritic
+    from trmrl.nets.policy import ActorCritic, ModelConfig
     from trmrl.seeding import Stream, task_streams
 
     dist = make_task_distribution(name)
@@ -142,8 +141,7 @@ def test_subprocess_envs_give_the_data_of_in_process_envs(name):
     """`vector_env='async'` (one subprocess per env) collects exactly what the in-process envs
     collect, including restarted trials (ant-dir terminates early) and fewer tasks than envs."""
     from trmrl.algos.trmrl import TrMRLPolicy
-    from trmrl.config import ModelConfig
-    from trmrl.nets.policy import ActorCritic
+    from trmrl.nets.policy import ActorCritic, ModelConfig
     from trmrl.seeding import Stream, task_streams
 
     dist = make_task_distribution(name)

@@ -10,17 +10,19 @@ import pytest
 import torch
 from conftest import memoryless_return
 
+from trmrl.algos import make_config
 from trmrl.algos.varibad import (
     Decoder,
     RunningMeanStd,
     Trajectories,
     TrajectoryBuffer,
     VariBAD,
+    VariBADConfig,
     discounted_running_returns,
     elbo_loss,
     gaussian_kl,
 )
-from trmrl.config import EvalConfig, PPOConfig, TaskConfig, TrainConfig, VariBADConfig
+from trmrl.config import EvalConfig, PPOConfig, TaskConfig
 from trmrl.presets import get_preset
 from trmrl.seeding import task_streams
 from trmrl.tasks import make_task_distribution
@@ -32,7 +34,7 @@ TINY = VariBADConfig(gru_hidden=16, state_embedding=8, action_embedding=4, rewar
 
 
 def tiny_varibad(task="point-nav-xy", **changes):
-    return TrainConfig(preset="point-nav", algo="varibad", seed=3, total_env_steps=3 * 4 * 20,
+    return make_config("varibad", preset="point-nav", seed=3, total_env_steps=3 * 4 * 20,
                        task=TaskConfig(name=task, episodes_per_trial=2, max_episode_steps=10, tasks_per_epoch=4),
                        ppo=PPOConfig(update_epochs=2, minibatch_size=16, ent_coef=0.01),
                        varibad=VariBADConfig(**{**TINY.__dict__, **changes}),

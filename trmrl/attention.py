@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trmrl.algos.trmrl import TrMRLPolicy, make_windows
-from trmrl.evaluate import MetaTester
 from trmrl.nets.policy import ActorCritic
+from trmrl.rollout import Rollout
+from trmrl.tasks import Task
 
 
 @torch.no_grad()
@@ -28,18 +28,16 @@ def attention_by_age(model: ActorCritic, windows: torch.Tensor, lengths: torch.T
     return torch.where(valid[:, None, None, :], by_age, torch.nan).numpy()
 
 
-def save_attention(policy: TrMRLPolicy, tester: MetaTester, out_dir: Path) -> list[Path]:
-    """Run one trial on the protocol's first task; save attention.npz and attention.png."""
+def save_attention(model: ActorCritic, rollout: Rollout, windows: torch.Tensor, lengths: torch.Tensor, task: Task,
+                   out_dir: Path) -> list[Path]:
+    """attention.npz and attention.png of one trial of `task` (`rollout` with one env; windows
+    (T, 1, W, O) and lengths (T, 1): what the policy held at each step)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    p = tester.protocol
-    task = tester.tasks()[0]
-    rollout = tester.sampler.collect(policy, [task], *tester.streams(0, [0]), p.deterministic)
-    windows, lengths = make_windows(rollout, policy)
-    weights = attention_by_age(policy.model, windows[:, 0], lengths[:, 0])  # (T, L, H, W)
+    weights = attention_by_age(model, windows[:, 0], lengths[:, 0])  # (T, L, H, W)
     out_dir.mkdir(parents=True, exist_ok=True)
     npz = out_dir / "attention.npz"
     np.savez(npz, weights=weights, lengths=lengths[:, 0].numpy(), rewards=rollout.rewards[:, 0].numpy(),

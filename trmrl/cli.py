@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import os
 import re
 import sys
 import threading
+import typing
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -20,7 +23,7 @@ from typing import TypeVar
 # reaches the user as one line below instead (a user's own setting wins)
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "FATAL")
 
-from trmrl.config import TrainConfig
+from trmrl.config import RunSettings, TrainConfig, sections
 from trmrl.errors import CheckpointError, ConfigError, Interrupted, TrmrlError
 from trmrl.rundir import RunDir, read_json
 
@@ -39,28 +42,66 @@ USAGE = """usage:
 """
 
 
+@dataclass(frozen=True)
+class CommandLine(RunSettings):
+    """A run as the command line sees it: the run's settings, the algorithm, and (added per
+    algorithm by `command_line`) that algorithm's sections, so that `--help` lists what the
+    algorithm uses and an option of another algorithm is an error."""
+
+    algo: str = "trmrl"
+    """Meta-RL algorithm (`trmrl algos` lists them); the preset's when omitted."""
+
+
+def command_line(algo: str) -> type[CommandLine]:
+    """`CommandLine` with the sections of `algo`'s config as options (`--model.window`, ...)."""
+    from trmrl.algos import config_class
+
+    cls = config_class(algo)
+    hints = typing.get_type_hints(cls)
+    return dataclasses.make_dataclass(
+        "TrainConfig", [(f.name, hints[f.name], dataclasses.field(default_factory=f.default_factory))  # type: ignore[arg-type]
+                        for f in dataclasses.fields(cls)], bases=(CommandLine,), frozen=True)
+
+
+def _to_command_line(config: TrainConfig) -> CommandLine:
+    view = command_line(config.algo)
+    settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(RunSettings)}
+    return view(**settings, algo=config.algo, **{name: getattr(config.agent, name) for name in sections(config.agent)})
+
+
+def _from_command_line(parsed: CommandLine) -> TrainConfig:
+    from trmrl.algos import config_class
+
+    cls = config_class(parsed.algo)
+    agent = cls(**{f.name: getattr(parsed, f.name) for f in dataclasses.fields(cls)})
+    return TrainConfig(**{f.name: getattr(parsed, f.name) for f in dataclasses.fields(RunSettings)}, agent=agent)
+
+
 def _parse_config(preset: str, args: Sequence[str]) -> TrainConfig:
-    """tyro parses the overrides; its boxed error report is folded into one line."""
+    """tyro parses the overrides against the view of the chosen algorithm; its boxed error
+    report is folded into one line."""
     import tyro
 
     from trmrl.presets import get_preset
 
     default = get_preset(preset, _algo_argument(args))
-    prog = f"trmrl train {preset}"
+    view = command_line(default.algo)
+    prog = f"trmrl train {preset}" + ("" if default.algo == get_preset(preset).algo else f" --algo {default.algo}")
     if any(a in ("-h", "--help") for a in args):
-        return tyro.cli(TrainConfig, default=default, args=args, prog=prog)
-    _check_options(args, prog)
+        return _from_command_line(tyro.cli(view, default=_to_command_line(default), args=args, prog=prog))
+    _check_options(args, prog, view, default.algo)
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured), contextlib.redirect_stdout(captured):
-            return tyro.cli(TrainConfig, default=default, args=args, prog=prog)
+            parsed = tyro.cli(view, default=_to_command_line(default), args=args, prog=prog)
     except SystemExit as exc:
         if exc.code in (0, None):
             raise
         raise ConfigError(_one_line(captured.getvalue()) + f" (see {prog} --help)") from None
+    return _from_command_line(parsed)
 
 
-def config_options(cls: type = TrainConfig, prefix: str = "") -> set[str]:
+def config_options(cls: type, prefix: str = "") -> set[str]:
     """Every command-line option of a config dataclass: --section.field-name, and --no-... for a
     flag (the spelling tyro gives them)."""
     import dataclasses
@@ -83,15 +124,23 @@ def config_options(cls: type = TrainConfig, prefix: str = "") -> set[str]:
     return options
 
 
-def _check_options(args: Sequence[str], prog: str) -> None:
-    """Unknown options are named here, with the nearest known one, rather than read out of tyro's
-    error report."""
+def _check_options(args: Sequence[str], prog: str, view: type[CommandLine], algo: str) -> None:
+    """Unknown options are named here, with the nearest known one (or the algorithm whose option
+    it is), rather than read out of tyro's error report."""
     import difflib
 
-    known = config_options()
+    from trmrl.algos import ALGORITHMS, config_class
+
+    known = config_options(view)
+    owners = {name: {f.name for f in dataclasses.fields(config_class(name))} for name in ALGORITHMS}
     for i, arg in enumerate(args):
         option, _, inline = arg.partition("=")
         if option.startswith("--") and option not in known:
+            section = option[2:].partition(".")[0]
+            if section not in owners[algo] and (users := [name for name, own in owners.items()
+                                                           if "." in option and section in own]):
+                raise ConfigError(f"{option} is an option of {' and '.join(users)}, not of this run's algorithm "
+                                  f"'{algo}'; see {prog} --help")
             near = difflib.get_close_matches(option, known, n=1)
             hint = f" (did you mean {near[0]}?)" if near else ""
             raise ConfigError(f"unknown option {option}{hint}; see {prog} --help")
@@ -211,16 +260,18 @@ def train_command(args: list[str]) -> int:
         parser.add_argument("--total-env-steps", type=int, default=None)
         parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
         parser.add_argument("--device", default=None)
+        parser.add_argument("--torch-threads", type=int, default=None)
         try:
             ns, others = parser.parse_known_args(args)
         except argparse.ArgumentError as exc:
             raise ConfigError(str(exc)) from None
         if others:
             raise ConfigError(f"a resumed run keeps its config; only --total-env-steps (to extend it), --device, "
-                              f"--nproc and --[no-]progress may change, not {' '.join(others)} (start a new run for that)")
+                              f"--torch-threads, --nproc and --[no-]progress may change, not {' '.join(others)} "
+                              f"(start a new run for that)")
         config = RunDir(ns.resume).read_config()
         changes = {k: v for k, v in (("total_env_steps", ns.total_env_steps), ("progress", ns.progress),
-                                     ("device", ns.device)) if v is not None}
+                                     ("device", ns.device), ("torch_threads", ns.torch_threads)) if v is not None}
         config = _replace(config, **changes)
         run_dir = ns.resume
         if not RunDir(run_dir).checkpoint.is_file():
@@ -231,7 +282,7 @@ def train_command(args: list[str]) -> int:
         preset = args[0] if args and not args[0].startswith("-") else DEFAULT_PRESET
         rest = args[1:] if args and not args[0].startswith("-") else args
         config = _parse_config(preset, rest)
-        run_dir = config.run_dir or RunDir.default(config).root
+        run_dir = config.run_dir or RunDir.default(_run_name(config), config.seed).root
         if config.run_dir is None:  # the processes `--nproc` starts take this one (its time stamp)
             args = [*args, "--run-dir", str(run_dir)]
         RunDir(run_dir).check_new()
@@ -260,6 +311,13 @@ def train_command(args: list[str]) -> int:
         print(interrupted_message(run_dir), file=sys.stderr)
         return 130
     return 0
+
+
+def _run_name(config: TrainConfig) -> str:
+    """The preset's name, with the algorithm's when it is not the preset's own."""
+    from trmrl.presets import get_preset
+
+    return config.preset if config.algo == get_preset(config.preset).algo else f"{config.preset}-{config.algo}"
 
 
 def interrupted_message(run_dir: Path) -> str:
@@ -298,9 +356,9 @@ class _Parser(argparse.ArgumentParser):
 def eval_command(args: list[str]) -> None:
     import numpy as np
 
-    from trmrl.algos.trmrl import TrMRL
     from trmrl.evaluate import PROTOCOLS, MetaTester, gap_closed, resolve_protocol
     from trmrl.paper import adaptation_reference
+    from trmrl.protocols import ExploresFirst, ShowsAttention
     from trmrl.tasks import make_task_distribution
     from trmrl.train import load_trained
 
@@ -332,17 +390,15 @@ def eval_command(args: list[str]) -> None:
         if getattr(ns, name) is not None and getattr(ns, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
     config, algorithm, run = load_trained(ns.path)
-    if ns.attention and not isinstance(algorithm, TrMRL):
-        raise ConfigError(f"--attention shows TrMRL's attention; this run's algorithm is '{config.algo}'")
+    if ns.attention and not isinstance(algorithm, ShowsAttention):
+        raise ConfigError(f"--attention shows TrMRL's attention over its working memories; this run's algorithm "
+                          f"is '{config.algo}'")
     learner = algorithm.meta_learner()
     if ns.exploration_episodes is not None:
-        if config.algo not in ("maml", "pearl") or ns.exploration_episodes < 1:
+        if not isinstance(learner, ExploresFirst) or ns.exploration_episodes < 1:
             raise ConfigError("--exploration-episodes takes a count >= 1 and applies to MAML and PEARL runs "
                               f"(this run's algorithm is '{config.algo}')")
-        if config.algo == "maml":
-            learner = _replace(learner, config=_replace(config.maml, eval_exploration_episodes=ns.exploration_episodes))
-        else:
-            learner = _replace(learner, exploration_episodes=ns.exploration_episodes)
+        learner = learner.with_exploration_episodes(ns.exploration_episodes)
     protocol = resolve_protocol(ns.protocol, config.task.name, n_tasks=ns.n_tasks, episodes=ns.episodes,
                                 deterministic=ns.deterministic)
     seed = config.eval.seed if ns.seed is None else ns.seed
@@ -393,9 +449,7 @@ def eval_command(args: list[str]) -> None:
         print(f"(the run's {protocol.name}.json holds another protocol and was kept; "
               f"plot this one with: trmrl plot RUN_DIR... --protocol {name})")
     if ns.attention:
-        from trmrl.attention import save_attention
-
-        for path in save_attention(algorithm.policy, tester, run.eval):
+        for path in algorithm.save_attention(tester, run.eval):
             print(f"wrote {path}")
 
 

@@ -25,26 +25,12 @@ from torch import Tensor
 from trmrl import distributed
 from trmrl.config import TrainConfig
 from trmrl.errors import ConfigError
-from trmrl.protocols import MetaLearner, Policy, Starts, Step
+from trmrl.protocols import InMemoryLearner, MetaLearner, Policy, Starts, Step
 from trmrl.rundir import write_text
 from trmrl.sampler import Rollout, TrialSampler, VectorEnvKind, episode_returns, episode_successes, first_episode_rewards
 from trmrl.seeding import Stream, numpy_rng, random_rows, task_streams
 from trmrl.stats import aggregate
-from trmrl.tasks import Task, TaskDistribution, make_task_distribution, registered, registration
-
-
-@dataclass
-class InMemoryLearner:
-    """TrMRL and RL^2: adaptation happens in the policy's memory within a trial."""
-
-    policy: Policy[Any]
-    adapts_in_memory: bool = True
-
-    def exploration_policy(self) -> Policy[Any]:
-        return self.policy
-
-    def adapt(self, policy: Policy[Any], exploration: Rollout) -> Policy[Any]:
-        return policy
+from trmrl.tasks import HasOracle, Task, TaskDistribution, TaskList, make_task_distribution, registered, registration
 
 
 @dataclass(frozen=True)
@@ -250,7 +236,7 @@ class MetaTester:
         self.seed = seed
         self.max_episode_steps = max_episode_steps
         if protocol.every_test_task:
-            if not hasattr(self.distribution, "tasks"):
+            if not isinstance(self.distribution, TaskList):
                 raise ConfigError(f"protocol '{protocol.name}' needs a held-out task list; "
                                   f"{self.distribution.name} has none")
             self.protocol = protocol = dataclasses.replace(protocol, n_tasks=len(self.tasks()))
@@ -269,7 +255,8 @@ class MetaTester:
         drawn from the protocol's stream)."""
         p = self.protocol
         if p.every_test_task:
-            return self.distribution.tasks("test")  # type: ignore[attr-defined]
+            assert isinstance(self.distribution, TaskList)
+            return self.distribution.tasks("test")
         return self.distribution.sample(numpy_rng(self.seed, p.task_stream, index), p.n_tasks, "test")
 
     def streams(self, index: int, tasks: Sequence[int]) -> tuple[list[int], list[torch.Generator]]:
@@ -279,8 +266,8 @@ class MetaTester:
 
     def run(self, learner: MetaLearner | Policy[Any], index: int = 0) -> MetaTestResult:
         """Meta-test on the protocol's tasks for evaluation number `index` (fresh tasks per index)."""
-        if not hasattr(learner, "adapts_in_memory"):
-            learner = InMemoryLearner(learner)  # type: ignore[arg-type]
+        if not isinstance(learner, MetaLearner):  # a bare policy adapts in its memory, if at all
+            learner = InMemoryLearner(learner)
         p = self.protocol
         tasks = self.tasks(index)
         trials = [task for task in tasks for _ in range(p.trials_per_task)]  # a task's trials side by side
@@ -305,7 +292,7 @@ class MetaTester:
         """A goal-knowing agent on the protocol's tasks for evaluation `index`, where the
         distribution defines one (`oracle_returns`, e.g. point-nav's greedy mover): the top of the
         scale an adapting agent can reach."""
-        if not hasattr(self.distribution, "oracle_returns"):
+        if not isinstance(self.distribution, HasOracle):
             return None
         p, tasks = self.protocol, self.tasks(index)
         returns = self.distribution.oracle_returns(tasks, p.trials_per_task * p.episodes, self.max_episode_steps)  # type: ignore[attr-defined]
@@ -390,7 +377,7 @@ def final_protocols(task: str, distribution: TaskDistribution | None = None, als
     task that has an OOD pair (cheetah-vel: the paper's Fig. 5 and 6); MetaWorld's protocol over
     every held-out task for a distribution that lists them; then the run's `eval.also`."""
     ours = (["adaptation"] + (["ood"] if registration(task).ood else [])
-            + (["metaworld"] if hasattr(distribution, "tasks") else []))
+            + (["metaworld"] if isinstance(distribution, TaskList) else []))
     return ours + [name for name in also if name not in ours]
 
 

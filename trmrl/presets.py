@@ -6,18 +6,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from trmrl.config import (
-    EvalConfig,
-    MAMLConfig,
-    ModelConfig,
-    PEARLConfig,
-    PPOConfig,
-    RL2Config,
-    TaskConfig,
-    TrainConfig,
-    VariBADConfig,
-)
+from trmrl.algos import with_algorithm
+from trmrl.algos.maml import MAMLConfig
+from trmrl.algos.pearl import PEARLConfig
+from trmrl.algos.trmrl import TrMRLAgent
+from trmrl.algos.varibad import VariBADConfig
+from trmrl.config import EvalConfig, PPOConfig, TaskConfig, TrainConfig
 from trmrl.errors import ConfigError
+from trmrl.nets.policy import ModelConfig
+from trmrl.nets.recurrent import RL2Config
 
 # Shared by the paper's MuJoCo runs: 4 layers of d_model 128, 16 heads, FFN 512, window 5,
 # cleared every episode; 20 tasks x 2 episodes x 200 steps per epoch; 10 PPO passes of
@@ -41,8 +38,7 @@ def _paper_mujoco(task: str, total_env_steps: int, model: dict[str, Any], ppo: d
         preset=task,
         total_env_steps=total_env_steps,
         task=dataclasses.replace(_MUJOCO_TASK, name=task),
-        model=dataclasses.replace(_MUJOCO_MODEL, **model),
-        ppo=dataclasses.replace(_PAPER_PPO, **ppo),
+        agent=TrMRLAgent(model=dataclasses.replace(_MUJOCO_MODEL, **model), ppo=dataclasses.replace(_PAPER_PPO, **ppo)),
         eval=_PAPER_EVAL,
     )
 
@@ -61,13 +57,15 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
             # for seeds 1 and 2; the env clips those, the returns then say nothing about them, and
             # such runs walked away from the goals for their whole budget
             # (benchmarks/point_nav_variants.py, docs/results.md "point-nav beyond the tuned toy").
-            model=ModelConfig(d_model=32, n_heads=4, d_ff=128, n_layers=2, window=5, memory_scope="trial",
-                              init_std=0.5, share_network=False, output_weights_scale=0.01),
-            # An entropy bonus of 0.02: without it the action std kept shrinking (0.50 to 0.25 on
-            # goals at radius 2) and W = 5 did no better than W = 1 off the preset's own goals.
-            ppo=PPOConfig(gamma=0.95, gae_lambda=0.95, clip_coef=0.2, update_epochs=4, minibatch_size=256,
-                          policy_lr=1e-3, value_lr=1e-3, norm_adv=True, value_loss="mse", max_grad_norm=0.5,
-                          gae_across_episodes=True, bootstrap_truncation=True, ent_coef=0.02),
+            agent=TrMRLAgent(
+                model=ModelConfig(d_model=32, n_heads=4, d_ff=128, n_layers=2, window=5, memory_scope="trial",
+                                  init_std=0.5, share_network=False, output_weights_scale=0.01),
+                # An entropy bonus of 0.02: without it the action std kept shrinking (0.50 to 0.25
+                # on goals at radius 2) and W = 5 did no better than W = 1 off the preset's own goals.
+                ppo=PPOConfig(gamma=0.95, gae_lambda=0.95, clip_coef=0.2, update_epochs=4, minibatch_size=256,
+                              policy_lr=1e-3, value_lr=1e-3, norm_adv=True, value_loss="mse", max_grad_norm=0.5,
+                              gae_across_episodes=True, bootstrap_truncation=True, ent_coef=0.02),
+            ),
             eval=EvalConfig(every_epochs=10, n_tasks=30, episodes=2, final_n_tasks=50, final_episodes=4),
         ),
     ),
@@ -126,8 +124,7 @@ def _paper_metaworld(preset: str, task: str, total_env_steps: int, tasks_per_epo
         preset=preset,
         total_env_steps=total_env_steps,
         task=dataclasses.replace(_METAWORLD_TASK, name=task, tasks_per_epoch=tasks_per_epoch),
-        model=_METAWORLD_MODEL,
-        ppo=_METAWORLD_PPO,
+        agent=TrMRLAgent(model=_METAWORLD_MODEL, ppo=_METAWORLD_PPO),
         eval=_METAWORLD_EVAL,
         checkpoint_every=1,  # an epoch is 125,000 steps or more
     )
@@ -161,11 +158,11 @@ _RL2_MUJOCO = dict(
 ALGO_PRESETS: dict[tuple[str, str], tuple[str, TrainConfig]] = {
     ("point-nav", "rl2"): (
         "point-nav's PPO settings (this project) with a GRU of 64 over whole trials",
-        PRESETS["point-nav"][1].replace(algo="rl2", ppo={"ent_coef": 0.0},  # the runs of docs/results.md
+        with_algorithm(PRESETS["point-nav"][1], "rl2", ppo={"ent_coef": 0.0},  # the runs of docs/results.md
                                         rl2=RL2Config(cell="gru", hidden_size=64, bptt_chunk=40, init_std=0.5)),
     ),
     **{(name, "rl2"): ("garage's RL2PPO HalfCheetahVel example on this preset's trials",
-                       PRESETS[name][1].replace(algo="rl2", **_RL2_MUJOCO))
+                       with_algorithm(PRESETS[name][1], "rl2", **_RL2_MUJOCO))
        for name in ("cheetah-vel", "cheetah-dir", "ant-dir")},
 }
 
@@ -184,13 +181,13 @@ _MAML_METAWORLD = MAMLConfig(hidden_sizes=(100, 100), rollouts_per_task=10, inne
 ALGO_PRESETS |= {
     ("point-nav", "maml"): (
         "MAML's 2-D navigation setting (20 tasks x 20 episodes, inner lr 0.1) on point-nav",
-        PRESETS["point-nav"][1].replace(algo="maml", task={"tasks_per_epoch": 20}, maml=_MAML_MUJOCO),
+        with_algorithm(PRESETS["point-nav"][1], "maml", task={"tasks_per_epoch": 20}, maml=_MAML_MUJOCO),
     ),
     **{(name, "maml"): ("ProMP's MAML-TRPO MuJoCo defaults (40 tasks x 20 episodes, inner lr 0.1)",
-                        PRESETS[name][1].replace(algo="maml", task={"tasks_per_epoch": 40}, maml=_MAML_MUJOCO))
+                        with_algorithm(PRESETS[name][1], "maml", task={"tasks_per_epoch": 40}, maml=_MAML_MUJOCO))
        for name in ("cheetah-vel", "cheetah-dir", "ant-dir")},
     **{(name, "maml"): ("garage's MAML-TRPO MetaWorld examples (10 episodes per task, inner lr 0.1)",
-                        PRESETS[name][1].replace(algo="maml", maml=_MAML_METAWORLD,
+                        with_algorithm(PRESETS[name][1], "maml", maml=_MAML_METAWORLD,
                                              task={"tasks_per_epoch": 45 if name == "ml45" else 20}))
        for name in ("ml1-reach", "ml1-push", "ml1-pick-place", "ml10", "ml45")},
 }
@@ -208,31 +205,31 @@ _PEARL = PEARLConfig()
 ALGO_PRESETS |= {
     ("point-nav", "pearl"): (
         "oyster's point-robot config (80 tasks, 1000 gradient steps per iteration, reward scale 100)",
-        PRESETS["point-nav"][1].replace(
-            algo="pearl", total_env_steps=26_000, eval={"every_epochs": 1}, checkpoint_every=1,
+        with_algorithm(
+            PRESETS["point-nav"][1], "pearl", total_env_steps=26_000, eval={"every_epochs": 1}, checkpoint_every=1,
             pearl=dataclasses.replace(_PEARL, n_train_tasks=80, initial_steps=200, prior_steps=200,
                                       extra_posterior_steps=200, gradient_steps=1000, reward_scale=100.0,
                                       eval_exploration_episodes=1)),
     ),
     ("cheetah-vel", "pearl"): (
         "oyster's cheetah-vel config (100 tasks, 2000 + 400 prior + 600 posterior steps, context 100)",
-        PRESETS["cheetah-vel"][1].replace(
-            algo="pearl", eval={"episodes": 3}, total_env_steps=1_000_000, checkpoint_every=1,
+        with_algorithm(
+            PRESETS["cheetah-vel"][1], "pearl", eval={"episodes": 3}, total_env_steps=1_000_000, checkpoint_every=1,
             pearl=dataclasses.replace(_PEARL, n_train_tasks=100, initial_steps=2000, prior_steps=400,
                                       extra_posterior_steps=600, context_batch=100, eval_exploration_episodes=2)),
     ),
     ("cheetah-dir", "pearl"): (
         "oyster's cheetah-dir config (the 2 directions, meta-batch 4, 1000 prior + 1000 posterior steps)",
-        PRESETS["cheetah-dir"][1].replace(
-            algo="pearl", eval={"episodes": 3}, total_env_steps=2 * 2000 + 500 * 5 * 2000, checkpoint_every=1,
+        with_algorithm(
+            PRESETS["cheetah-dir"][1], "pearl", eval={"episodes": 3}, total_env_steps=2 * 2000 + 500 * 5 * 2000, checkpoint_every=1,
             pearl=dataclasses.replace(_PEARL, n_train_tasks=2, meta_batch=4,
                                       initial_steps=2000, prior_steps=1000, extra_posterior_steps=1000,
                                       context_batch=256, eval_exploration_episodes=2)),
     ),
     ("ant-dir", "pearl"): (
         "oyster's ant-dir config (the 2 directions, meta-batch 4, 4000 gradient steps per iteration)",
-        PRESETS["ant-dir"][1].replace(
-            algo="pearl", eval={"episodes": 3}, total_env_steps=3_200_000, checkpoint_every=1,
+        with_algorithm(
+            PRESETS["ant-dir"][1], "pearl", eval={"episodes": 3}, total_env_steps=3_200_000, checkpoint_every=1,
             pearl=dataclasses.replace(_PEARL, n_train_tasks=2, meta_batch=4,
                                       initial_steps=2000, prior_steps=400, extra_posterior_steps=600,
                                       gradient_steps=4000, context_batch=256, eval_exploration_episodes=2)),
@@ -250,7 +247,7 @@ _PEARL_METAWORLD = dataclasses.replace(_PEARL, n_train_tasks=50, latent_size=7, 
                                        eval_exploration_episodes=1)
 ALGO_PRESETS |= {
     (name, "pearl"): ("garage's PEARL MetaWorld examples (latent 7, 4000 gradient steps, reward scale 10)",
-                      PRESETS[name][1].replace(algo="pearl", checkpoint_every=1, pearl=dataclasses.replace(
+                      with_algorithm(PRESETS[name][1], "pearl", checkpoint_every=1, pearl=dataclasses.replace(
                           _PEARL_METAWORLD, n_train_tasks={"ml10": 10, "ml45": 45}.get(name, 50))))
     for name in ("ml1-reach", "ml1-push", "ml1-pick-place", "ml10", "ml45")
 }
@@ -271,21 +268,21 @@ _VARIBAD_TRIALS = 16 * 2 * 200  # 16 trials of 2 x 200 steps per update
 ALGO_PRESETS |= {
     ("point-nav", "varibad"): (
         "point-nav's PPO settings (this project) with VariBAD's entropy 0.01 and the authors' VAE",
-        PRESETS["point-nav"][1].replace(algo="varibad", ppo={"ent_coef": 0.01}, varibad=VariBADConfig()),
+        with_algorithm(PRESETS["point-nav"][1], "varibad", ppo={"ent_coef": 0.01}, varibad=VariBADConfig()),
     ),
     ("cheetah-vel", "varibad"): (
         "the authors' cheetah-vel config (16 trials, 2 PPO epochs x 8 minibatches, clip 0.1)",
-        PRESETS["cheetah-vel"][1].replace(algo="varibad", task={"tasks_per_epoch": 16}, varibad=VariBADConfig(),
+        with_algorithm(PRESETS["cheetah-vel"][1], "varibad", task={"tasks_per_epoch": 16}, varibad=VariBADConfig(),
                                           ppo=dict(_VARIBAD_PPO, update_epochs=2, minibatch_size=_VARIBAD_TRIALS // 8)),
     ),
     ("cheetah-dir", "varibad"): (
         "the authors' cheetah-dir config (16 PPO epochs x 4 minibatches)",
-        PRESETS["cheetah-dir"][1].replace(algo="varibad", task={"tasks_per_epoch": 16}, varibad=VariBADConfig(),
+        with_algorithm(PRESETS["cheetah-dir"][1], "varibad", task={"tasks_per_epoch": 16}, varibad=VariBADConfig(),
                                           ppo=dict(_VARIBAD_PPO, update_epochs=16, minibatch_size=_VARIBAD_TRIALS // 4)),
     ),
     ("ant-dir", "varibad"): (
         "the authors' ant-dir config (2 PPO epochs, one minibatch)",
-        PRESETS["ant-dir"][1].replace(algo="varibad", task={"tasks_per_epoch": 16}, varibad=VariBADConfig(),
+        with_algorithm(PRESETS["ant-dir"][1], "varibad", task={"tasks_per_epoch": 16}, varibad=VariBADConfig(),
                                       ppo=dict(_VARIBAD_PPO, update_epochs=2, minibatch_size=_VARIBAD_TRIALS)),
     ),
 }
@@ -294,16 +291,13 @@ DEFAULT_PRESET = "point-nav"
 
 
 def get_preset(name: str, algo: str | None = None) -> TrainConfig:
-    """The preset `name` for `algo` (its own algorithm when None)."""
+    """The preset `name` for `algo` (its own algorithm when None); for an algorithm it has no
+    settings for (one of your own), the preset's run settings with the algorithm's defaults."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}'; choose from {', '.join(PRESETS)}")
     base = PRESETS[name][1]
     if algo is None or algo == base.algo:
         return base
     if (name, algo) not in ALGO_PRESETS:
-        from trmrl.algos import check_name
-
-        check_name(algo)
-        algos = [base.algo] + [a for (n, a) in ALGO_PRESETS if n == name]
-        raise ConfigError(f"preset '{name}' has settings for {', '.join(algos)}, not '{algo}'")
+        return with_algorithm(base, algo)
     return ALGO_PRESETS[(name, algo)][1]

@@ -38,7 +38,7 @@ class Progress:
     def epoch(self, epoch: int, steps: int, metrics: dict[str, float]) -> None:
         """Epoch `epoch` (0-based) has ended with `steps` env steps seen in all."""
         collected, self.steps = steps - self.steps, steps
-        elapsed = metrics["time/sampling"] + metrics["time/update"]
+        elapsed = max(metrics["time/sampling"] + metrics["time/update"], 1e-9)
         if self.terminal:
             self.bar.update(collected)
             self.bar.set_postfix(ret=f"{metrics['charts/episode_return']:.3g}", sps=f"{collected / elapsed:.0f}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import torch
@@ -19,9 +20,10 @@ from torch import Tensor
 from trmrl.tasks.base import Task, TaskDistribution, TaskEnv
 
 if TYPE_CHECKING:
-    from trmrl.sampler import Rollout
+    from trmrl.rollout import Rollout
 
-__all__ = ["Starts", "Step", "Policy", "MetaLearner", "Algorithm", "TaskPool", "Task", "TaskDistribution", "TaskEnv"]
+__all__ = ["Starts", "Step", "Policy", "MetaLearner", "InMemoryLearner", "Algorithm", "TaskPool", "ExploresFirst", "ShowsAttention",
+           "Task", "TaskDistribution", "TaskEnv"]
 
 S = TypeVar("S")
 
@@ -67,6 +69,7 @@ class Policy(Protocol[S]):
         ...
 
 
+@runtime_checkable
 class MetaLearner(Protocol):
     """What the evaluator needs (garage's meta-evaluation contract: explore, adapt, evaluate)."""
 
@@ -80,8 +83,28 @@ class MetaLearner(Protocol):
         ...
 
 
+@dataclass
+class InMemoryLearner:
+    """A policy as a meta-learner (TrMRL, RL^2, VariBAD): it adapts in its own memory within a
+    trial, so exploring, adapting and evaluating are one trial."""
+
+    policy: Policy[Any]
+    adapts_in_memory: bool = True
+
+    def exploration_policy(self) -> Policy[Any]:
+        return self.policy
+
+    def adapt(self, policy: Policy[Any], exploration: Rollout) -> Policy[Any]:
+        return policy
+
+
 class Algorithm(Protocol):
-    """What the training loop needs of a meta-RL algorithm."""
+    """What the training loop needs of a meta-RL algorithm. Its class also declares `Config`
+    (its part of a run's config, a `trmrl.config.AlgorithmConfig`) and `data_parallel`."""
+
+    data_parallel: bool
+    """Its iteration splits over processes (`trmrl.distributed`): collection by task, its
+    update's minibatches by row."""
 
     def train_iteration(self, tasks: Sequence[Task], epoch: int) -> dict[str, float]:
         """One meta-training iteration on a batch of training tasks; returns namespaced metrics
@@ -107,4 +130,23 @@ class TaskPool(Protocol):
 
     def epoch_tasks(self, epoch: int) -> Sequence[Task]:
         """The tasks that collect data in epoch `epoch` (drawn from (seed, epoch) alone)."""
+        ...
+
+
+@runtime_checkable
+class ExploresFirst(Protocol):
+    """A meta-learner that acts for some episodes on a test task before it adapts (MAML's
+    gradient step, PEARL's posterior): `trmrl eval --exploration-episodes N`."""
+
+    def with_exploration_episodes(self, n: int) -> MetaLearner:
+        """The same learner, exploring for n episodes before it adapts."""
+        ...
+
+
+@runtime_checkable
+class ShowsAttention(Protocol):
+    """An algorithm whose policy attends over working memories (TrMRL): `trmrl eval --attention`."""
+
+    def save_attention(self, tester: Any, out_dir: Path) -> list[Path]:
+        """Run one trial of the tester's first task; save the attention over it to out_dir."""
         ...

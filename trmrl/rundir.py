@@ -64,10 +64,9 @@ class RunDir:
         return self.eval / f"{name}.json"
 
     @staticmethod
-    def default(config: TrainConfig) -> RunDir:
-        """runs/<preset>-s<seed>-<time> (an algorithm other than the preset's joins the name)."""
-        name = config.preset if config.algo == "trmrl" else f"{config.preset}-{config.algo}"
-        return RunDir(Path("runs") / f"{name}-s{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}")
+    def default(name: str, seed: int) -> RunDir:
+        """runs/<name>-s<seed>-<time>."""
+        return RunDir(Path("runs") / f"{name}-s{seed}-{time.strftime('%Y%m%d-%H%M%S')}")
 
     def check_new(self) -> None:
         """Refuse a directory that already holds a run (a checkpoint): it is resumed, not restarted."""
@@ -98,12 +97,12 @@ class RunDir:
 
     def read_config(self) -> TrainConfig:
         """The resolved config the run was started with."""
-        from trmrl.config import TrainConfig, from_dict
+        from trmrl.algos import load_config
 
         if not self.config.is_file():
             raise CheckpointError(f"{self.root} is not a run directory (no config.json)")
         try:
-            return from_dict(TrainConfig, json.loads(self.config.read_text()))
+            return load_config(json.loads(self.config.read_text()))
         except (json.JSONDecodeError, TypeError) as exc:
             raise CheckpointError(f"unreadable {self.config}: {exc}") from None
 

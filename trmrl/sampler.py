@@ -6,7 +6,6 @@ same call can later run on remote workers without touching the algorithm.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,54 +18,9 @@ from torch import Tensor
 
 from trmrl.errors import DivergenceError
 from trmrl.protocols import Policy, Starts
+from trmrl.rollout import Rollout
 from trmrl.tasks.base import Task, TaskDistribution
 from trmrl.trial import TrialEnv
-
-
-@dataclass
-class Rollout:
-    """T steps of B trials (one task each). Every tensor is (T, B, ...).
-
-    obs[t] is what the trial env gave at step t; the flags say what happened *after* step t's
-    action, except the two start flags, which say where step t begins an episode / a trial.
-    """
-
-    obs: Tensor  # (T, B, O) augmented observations [s_t, a_{t-1}, r_{t-1}, d_{t-1}]
-    actions: Tensor  # (T, B, A) actions sent to the envs
-    log_probs: Tensor  # (T, B) log pi(a_t | memory_t) at sampling time
-    values: Tensor  # (T, B) V at sampling time
-    rewards: Tensor  # (T, B)
-    episode_start: Tensor  # (T, B) bool: step t is the first of an episode
-    trial_start: Tensor  # (T, B) bool: step t is the first of a trial
-    episode_end: Tensor  # (T, B) bool: the episode ended after step t (termination or time limit)
-    terminated: Tensor  # (T, B) bool: ... by a true termination
-    trial_end: Tensor  # (T, B) bool: the trial ended after step t
-    bootstrap_values: Tensor  # (T, B) V(final observation) where an episode hit its time limit
-    # after step t; 0 elsewhere
-    cut_values: Tensor  # (B,) V of the input after step T-1 where the rollout stopped inside a
-    # trial (the trial goes on: what it bootstraps from); 0 where the trial ended at T-1
-    success: Tensor | None = None  # (T, B) bool: the env reported info["success"] after step t
-    next_obs: Tensor | None = None  # (T, B, O) the observation after step t in the same episode
-    # (where the episode ended, its final one): what an off-policy learner stores as s'
-
-    @property
-    def num_steps(self) -> int:
-        return self.rewards.numel()
-
-    def to(self, device: torch.device) -> Rollout:
-        """The rollout on `device` (one copy per tensor; itself where it already is)."""
-        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device)
-                                            for f in dataclasses.fields(self) if getattr(self, f.name) is not None})
-
-    @classmethod
-    def concat(cls, rollouts: Sequence[Rollout]) -> Rollout:
-        """Rollouts of equal length side by side: B is the sum of theirs."""
-        def cat(name: str) -> Tensor | None:
-            parts = [getattr(r, name) for r in rollouts]
-            if any(p is None for p in parts):
-                return None
-            return torch.cat(parts, dim=1 if parts[0].dim() > 1 else 0)
-        return cls(**{f.name: cat(f.name) for f in dataclasses.fields(cls)})
 
 
 def _ended(flags: Tensor) -> Tensor:

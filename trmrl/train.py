@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from trmrl import checkpoint, distributed
-from trmrl.algos import make_algorithm
-from trmrl.config import TrainConfig, from_dict, to_dict
+from trmrl.algos import load_config, make_algorithm
+from trmrl.config import TrainConfig, to_dict
 from trmrl.errors import CheckpointError, ConfigError, DistributedError, DivergenceError, Interrupted
 from trmrl.evaluate import MetaTester, during_training, final_meta_test, resolve_protocol
 from trmrl.log import MetricLogger
@@ -57,6 +57,8 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
     early, as an interruption would. Returns the final meta-test summary (if training ended)."""
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
+    for name in config.eval.also:  # a protocol's name is checked before anything is written
+        resolve_protocol(name, config.task.name)
     run = RunDir(run_dir)
     main = distributed.is_main()
     distribution = make_task_distribution(config.task.name, **config.task_options())
@@ -152,7 +154,7 @@ def check_data_parallel(config: TrainConfig, n: int) -> None:
 
     if n == 1:
         return
-    if not getattr(algorithm_class(config.algo), "data_parallel", False):
+    if not algorithm_class(config.algo).data_parallel:
         raise ConfigError(f"'{config.algo}' trains in one process; several processes run "
                           f"{', '.join(data_parallel_algorithms())}")
     if config.task.tasks_per_epoch % n:
@@ -164,7 +166,7 @@ def data_parallel_algorithms() -> list[str]:
     """The algorithms whose iteration splits over processes (`trmrl.distributed`)."""
     from trmrl.algos import ALGORITHMS, algorithm_class
 
-    return [name for name in ALGORITHMS if getattr(algorithm_class(name), "data_parallel", False)]
+    return [name for name in ALGORITHMS if algorithm_class(name).data_parallel]
 
 
 def check_same_algorithm(state: dict[str, Any], algo: str, file: Path) -> None:
@@ -184,7 +186,7 @@ def load_trained(path: Path) -> tuple[TrainConfig, Algorithm, RunDir]:
     file = path if path.is_file() else RunDir(path).checkpoint
     state = checkpoint.load(file)
     try:
-        config = from_dict(TrainConfig, state["config"])
+        config = load_config(state["config"])
     except (KeyError, TypeError, ConfigError) as exc:
         raise CheckpointError(f"{file} holds an incompatible config: {exc}") from None
     run = RunDir(file.parent)

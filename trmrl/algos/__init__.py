@@ -4,18 +4,22 @@
     trmrl algos                           lists them
 
 An algorithm is built from the run's config and task distribution; it owns its networks,
-optimisers and sampler, and builds its own training batch from a `Rollout`.
+optimisers and sampler, and builds its own training batch from a `Rollout`. Its module declares
+its part of the run's config (`Config`, an `AlgorithmConfig`: its sections and budget
+arithmetic) and whether it splits over processes (`data_parallel`). A sixth algorithm is one
+module and one line in `ALGORITHMS` (docs/architecture.md shows one).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from trmrl.config import AlgorithmConfig, TrainConfig, run_config_from_dict, sections
 from trmrl.errors import ConfigError
 
 if TYPE_CHECKING:
-    from trmrl.config import TrainConfig
     from trmrl.protocols import Algorithm
     from trmrl.tasks import TaskDistribution
 
@@ -34,17 +38,51 @@ ALGORITHMS: dict[str, tuple[str, str]] = {
 }
 
 
+def register(name: str, summary: str, target: str, *, replace: bool = False) -> None:
+    """Make the algorithm class at `target` ("module:Class") available as `--algo name`."""
+    if name in ALGORITHMS and not replace:
+        raise ConfigError(f"algorithm '{name}' is already registered (pass replace=True to change it)")
+    ALGORITHMS[name] = (summary, target)
+
+
 def check_name(name: str) -> None:
     if name not in ALGORITHMS:
         raise ConfigError(f"unknown algorithm '{name}'; choose from {', '.join(ALGORITHMS)}")
 
 
-def algorithm_class(name: str) -> type:
+def algorithm_class(name: str) -> Any:
     check_name(name)
     module, _, cls = ALGORITHMS[name][1].partition(":")
     return getattr(importlib.import_module(module), cls)
 
 
+def config_class(name: str) -> type[AlgorithmConfig]:
+    """The algorithm's part of a run's config."""
+    return algorithm_class(name).Config
+
+
 def make_algorithm(config: TrainConfig, distribution: TaskDistribution) -> Algorithm:
     """The algorithm `config.algo`, built for `distribution`."""
     return algorithm_class(config.algo)(config, distribution)
+
+
+def make_config(algo: str = "trmrl", **fields: Any) -> TrainConfig:
+    """A run config of algorithm `algo`: run settings and that algorithm's sections by keyword,
+    e.g. `make_config("rl2", seed=2, rl2=RL2Config(hidden_size=32))`; the rest at defaults."""
+    return TrainConfig(agent=config_class(algo)(), **fields)
+
+
+def with_algorithm(config: TrainConfig, name: str, **changes: Any) -> TrainConfig:
+    """`config` for algorithm `name`: the run's settings kept, the algorithm's sections from
+    `changes` (a dict is a section's changes), sections both algorithms have (PPO's) carried over,
+    the rest at the algorithm's defaults."""
+    cls = config_class(name)
+    carried = {s: getattr(config.agent, s) for s in sections(cls()) if s in sections(config.agent)}
+    agent = cls(**carried)
+    return dataclasses.replace(config, agent=agent).replace(**changes)
+
+
+def load_config(data: dict[str, Any]) -> TrainConfig:
+    """A run's config from its `config.json` (or a checkpoint's copy of it)."""
+    name = data.get("algo", "trmrl")  # the oldest runs recorded no algorithm: they were TrMRL's
+    return run_config_from_dict(data, config_class(name))

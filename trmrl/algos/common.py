@@ -13,8 +13,7 @@ from torch import nn
 
 from trmrl import checkpoint
 from trmrl.config import PPOConfig
-from trmrl.evaluate import InMemoryLearner
-from trmrl.protocols import Policy
+from trmrl.protocols import InMemoryLearner, Policy
 
 
 class TwoPhaseModel(Protocol):

@@ -26,15 +26,15 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from trmrl import checkpoint, ppo
-from trmrl.config import MAMLConfig, TrainConfig
+from trmrl.config import AlgorithmConfig, TaskConfig, TrainConfig, require
 from trmrl.nets.policy import gaussian_kl, gaussian_log_prob, mlp
 from trmrl.protocols import Starts, Step
 from trmrl.sampler import Rollout, TrialSampler, rollout_metrics
@@ -45,6 +45,86 @@ from trmrl.trpo import Objective, trpo_step
 Params = dict[str, Tensor]
 """The policy's parameters by name, each with a leading group axis: (G, ...) for G tasks, or
 (1, ...) for one set shared by all envs (the meta-parameters)."""
+
+
+@dataclass(frozen=True)
+class MAMLConfig:
+    """MAML-TRPO (`--algo maml`, Finn et al. 2017): an MLP Gaussian policy on the state alone,
+    adapted to each task by policy-gradient steps on its own episodes; the meta-parameters take a
+    TRPO step on the adapted policies' surrogate. Per epoch: task.tasks_per_epoch tasks x
+    rollouts_per_task episodes of task.max_episode_steps, before each inner step and after the
+    last one (task.episodes_per_trial is not used)."""
+
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    """Hidden sizes of the policy's tanh MLP."""
+    init_std: float = 1.0
+    """Initial standard deviation of the Gaussian policy (state-independent, learned, adapted)."""
+    rollouts_per_task: int = 20
+    """Episodes per task collected with the current parameters before each inner step and after
+    the last one."""
+    inner_lr: float = 0.1
+    """Step size of the inner policy-gradient step(s)."""
+    inner_steps: int = 1
+    """Policy-gradient steps of adaptation (each on fresh episodes of the previous step's policy)."""
+    first_order: bool = False
+    """Treat the inner gradient as a constant in the meta-gradient (first-order MAML)."""
+    gamma: float = 0.99
+    """Discount factor of the returns and advantages."""
+    gae_lambda: float = 1.0
+    """GAE lambda over the linear feature baseline (1: returns minus baseline)."""
+    normalize_advantages: bool = True
+    """Standardise advantages per task (MAML's and ProMP's samplers do)."""
+    baseline_reg: float = 1e-5
+    """Ridge coefficient of the linear feature baseline (multiplied by 10 while the fit is not
+    finite)."""
+    max_kl: float = 0.01
+    """TRPO trust region: mean KL between the adapted policies before and after the meta-step."""
+    cg_iters: int = 10
+    """Conjugate-gradient iterations for the step direction."""
+    cg_damping: float = 1e-5
+    """Damping added to the Fisher-vector product (F + damping * I)."""
+    line_search_steps: int = 15
+    """Backtracking steps; the step is rejected when none meets the KL bound and improves the
+    surrogate."""
+    line_search_ratio: float = 0.8
+    """Step shrink factor per backtracking step."""
+    eval_exploration_episodes: int = 1
+    """At meta-test: episodes run with the current parameters before each adaptation step (one:
+    the same experience TrMRL and RL^2 have before their second episode)."""
+    eval_inner_steps: int | None = None
+    """At meta-test: adaptation steps (None: maml.inner_steps)."""
+
+    def __post_init__(self) -> None:
+        require(self.rollouts_per_task >= 1, "maml.rollouts_per_task must be >= 1")
+        require(self.inner_lr > 0, "maml.inner_lr must be > 0")
+        require(self.inner_steps >= 1, "maml.inner_steps must be >= 1")
+        require(0.0 < self.gamma <= 1.0, "maml.gamma must be in (0, 1]")
+        require(0.0 <= self.gae_lambda <= 1.0, "maml.gae_lambda must be in [0, 1]")
+        require(self.baseline_reg > 0, "maml.baseline_reg must be > 0")
+        require(self.max_kl > 0, "maml.max_kl must be > 0")
+        require(self.cg_iters >= 1, "maml.cg_iters must be >= 1")
+        require(self.cg_damping >= 0, "maml.cg_damping must be >= 0")
+        require(self.line_search_steps >= 1, "maml.line_search_steps must be >= 1")
+        require(0.0 < self.line_search_ratio < 1.0, "maml.line_search_ratio must be in (0, 1)")
+        require(self.init_std > 0, "maml.init_std must be > 0")
+        require(self.eval_exploration_episodes >= 1, "maml.eval_exploration_episodes must be >= 1")
+        require(self.eval_inner_steps is None or self.eval_inner_steps >= 0, "maml.eval_inner_steps must be >= 0")
+
+    def episodes_per_task(self) -> int:
+        """Episodes collected per task and epoch: before each inner step and after the last."""
+        return self.rollouts_per_task * (self.inner_steps + 1)
+
+
+@dataclass(frozen=True)
+class MAMLAgent(AlgorithmConfig):
+    """MAML-TRPO's part of a run's config. An epoch: task.tasks_per_epoch tasks x
+    maml.episodes_per_task() episodes of task.max_episode_steps."""
+
+    name: ClassVar[str] = "maml"
+    maml: MAMLConfig = field(default_factory=MAMLConfig)
+
+    def steps_per_epoch(self, task: TaskConfig) -> int:
+        return task.tasks_per_epoch * self.maml.episodes_per_task() * task.max_episode_steps
 
 
 class GaussianMLP(nn.Module):
@@ -252,6 +332,9 @@ class MAMLLearner:
     def exploration_policy(self) -> MAMLPolicy:
         return MAMLPolicy(self.net, detached(meta_params(self.net)), explores=self.inner_steps > 0)
 
+    def with_exploration_episodes(self, n: int) -> MAMLLearner:
+        return dataclasses.replace(self, config=dataclasses.replace(self.config, eval_exploration_episodes=n))
+
     def adapt(self, policy: MAMLPolicy, exploration: Rollout) -> MAMLPolicy:  # type: ignore[override]
         if policy.steps_taken >= self.inner_steps:
             return policy
@@ -266,6 +349,10 @@ class MAMLLearner:
 
 class MAML:
     """`Algorithm`: the policy, its sampler (G * R envs of one episode each) and the TRPO step."""
+
+    Config: ClassVar[type[MAMLAgent]] = MAMLAgent
+    """This algorithm's part of a run's config."""
+    data_parallel: ClassVar[bool] = False
 
     def __init__(self, config: TrainConfig, distribution: TaskDistribution) -> None:
         self.config = config

@@ -27,11 +27,12 @@ C context features (S + A + 1, + S with next_obs_in_context), D buffer row (2 S 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trmrl import checkpoint, ppo
-from trmrl.config import TrainConfig
+from trmrl.config import AlgorithmConfig, TaskConfig, TrainConfig, require
 from trmrl.errors import CheckpointError, ConfigError
 from trmrl.protocols import Starts, Step
 from trmrl.sampler import Rollout, TrialSampler, rollout_metrics
@@ -51,6 +52,110 @@ MIN_VARIANCE = 1e-7  # floor of each factor's variance before the product
 
 
 # ---------------------------------------------------------------- the posterior over z
+
+
+@dataclass(frozen=True)
+class PEARLConfig:
+    """PEARL (`--algo pearl`, Rakelly et al. 2019): soft actor-critic on (state, z), z drawn from
+    a posterior q(z | c) that a permutation-invariant encoder infers from a task's transitions c.
+    Off-policy: a fixed pool of training tasks with a replay buffer each. Defaults: the authors'
+    code (oyster, configs/default.py). Step counts are rounded up to whole episodes of
+    task.max_episode_steps; task.tasks_per_epoch and task.episodes_per_trial are not used."""
+
+    n_train_tasks: int = 100
+    """Training tasks, drawn once per run; each keeps its own replay buffers."""
+    latent_size: int = 5
+    """Z: dimension of the task variable z."""
+    net_size: int = 300
+    """Width of the three hidden layers of the policy, both Q-functions and V."""
+    encoder_hidden: tuple[int, ...] = (200, 200, 200)
+    """Hidden sizes of the context encoder (ReLU MLP)."""
+    initial_steps: int = 2000
+    """Steps collected on every training task with z from the prior before the first update."""
+    tasks_per_iteration: int = 5
+    """Training tasks (drawn with replacement) that collect data each iteration."""
+    prior_steps: int = 400
+    """Per task and iteration: steps with z from the prior (to both buffers); the task's encoder
+    buffer is cleared first, so the encoder trains on the current policy's data."""
+    posterior_steps: int = 0
+    """Per task and iteration: steps with z from the posterior (to both buffers)."""
+    extra_posterior_steps: int = 400
+    """Per task and iteration: steps with z from the posterior, to the RL buffer only (the policy
+    must learn to act on posterior samples the encoder never trains on)."""
+    gradient_steps: int = 2000
+    """Gradient steps per iteration (each on every network)."""
+    meta_batch: int = 16
+    """Training tasks (with replacement) per gradient step."""
+    batch_size: int = 256
+    """RL transitions per task and gradient step."""
+    context_batch: int = 64
+    """Context transitions per task and gradient step (from the encoder buffer)."""
+    discount: float = 0.99
+    """Discount factor of the soft Bellman backup."""
+    tau: float = 0.005
+    """Soft update rate of the target V-function."""
+    policy_lr: float = 3e-4
+    qf_lr: float = 3e-4
+    vf_lr: float = 3e-4
+    context_lr: float = 3e-4
+    reward_scale: float = 5.0
+    """Rewards are multiplied by this in the Bellman target; with the temperature fixed at 1 it
+    sets the weight of the policy's entropy (the setting PEARL is most sensitive to)."""
+    kl_weight: float = 0.1
+    """Weight of KL(q(z | c) || N(0, I)) (summed over the meta-batch) in the encoder's loss."""
+    policy_mean_reg: float = 1e-3
+    """Weight of the squared pre-tanh mean in the policy loss."""
+    policy_std_reg: float = 1e-3
+    """Weight of the squared log-std in the policy loss."""
+    next_obs_in_context: bool = False
+    """Add s' to each context transition (s, a, r) (for tasks that differ in their dynamics)."""
+    replay_size: int = 1_000_000
+    """Largest number of transitions a task's buffer keeps (the oldest go first)."""
+    eval_exploration_episodes: int = 1
+    """At meta-test: episodes acted with z from the prior before the posterior takes over (then
+    inferred from everything the task has shown so far, after every episode)."""
+
+    def __post_init__(self) -> None:
+        for name in ("n_train_tasks", "latent_size", "net_size", "tasks_per_iteration", "gradient_steps",
+                     "meta_batch", "batch_size", "context_batch", "replay_size"):
+            require(getattr(self, name) >= 1, f"pearl.{name} must be >= 1")
+        for name in ("initial_steps", "prior_steps", "posterior_steps", "extra_posterior_steps"):
+            require(getattr(self, name) >= 0, f"pearl.{name} must be >= 0")
+        require(self.initial_steps + self.prior_steps + self.posterior_steps > 0,
+                 "pearl: initial_steps, prior_steps and posterior_steps are all 0: the encoder has no data")
+        require(0.0 < self.discount <= 1.0, "pearl.discount must be in (0, 1]")
+        require(0.0 < self.tau <= 1.0, "pearl.tau must be in (0, 1]")
+        require(min(self.policy_lr, self.qf_lr, self.vf_lr, self.context_lr) > 0, "pearl learning rates must be > 0")
+        require(self.reward_scale > 0, "pearl.reward_scale must be > 0")
+        require(self.kl_weight >= 0, "pearl.kl_weight must be >= 0")
+        require(self.eval_exploration_episodes >= 0, "pearl.eval_exploration_episodes must be >= 0")
+
+    def episodes(self, steps: int, horizon: int) -> int:
+        """`steps` in whole episodes of `horizon` steps (the authors collect whole paths until
+        the count is reached)."""
+        return math.ceil(steps / horizon)
+
+    def iteration_episodes(self, horizon: int) -> int:
+        """Episodes per task and iteration (prior, posterior and extra posterior)."""
+        return sum(self.episodes(s, horizon) for s in (self.prior_steps, self.posterior_steps,
+                                                      self.extra_posterior_steps))
+
+
+@dataclass(frozen=True)
+class PEARLAgent(AlgorithmConfig):
+    """PEARL's part of a run's config. An epoch (iteration): pearl.tasks_per_iteration tasks x
+    their episodes; before the first, the initial pool on every training task."""
+
+    name: ClassVar[str] = "pearl"
+    pearl: PEARLConfig = field(default_factory=PEARLConfig)
+
+    def steps_per_epoch(self, task: TaskConfig) -> int:
+        h = task.max_episode_steps
+        return self.pearl.tasks_per_iteration * self.pearl.iteration_episodes(h) * h
+
+    def initial_env_steps(self, task: TaskConfig) -> int:
+        h = task.max_episode_steps
+        return self.pearl.n_train_tasks * self.pearl.episodes(self.pearl.initial_steps, h) * h
 
 
 def product_of_gaussians(means: Tensor, variances: Tensor) -> tuple[Tensor, Tensor]:
@@ -314,6 +419,9 @@ class PEARLLearner:
     def exploration_policy(self) -> PEARLPolicy:
         return PEARLPolicy(self.policy, self.layout.state_dim, prior(1, self.encoder.latent))
 
+    def with_exploration_episodes(self, n: int) -> PEARLLearner:
+        return dataclasses.replace(self, exploration_episodes=n)
+
     @torch.no_grad()
     def adapt(self, policy: PEARLPolicy, exploration: Rollout) -> PEARLPolicy:  # type: ignore[override]
         rows = transitions(exploration, self.layout.state_dim).reshape(-1, self.layout.row_dim)
@@ -344,6 +452,10 @@ def distinct_tasks(distribution: TaskDistribution, n: int, rng: np.random.Genera
 
 class PEARL:
     """`Algorithm` and `TaskPool`: the networks, the pool's buffers, the sampler and the SAC step."""
+
+    Config: ClassVar[type[PEARLAgent]] = PEARLAgent
+    """This algorithm's part of a run's config."""
+    data_parallel: ClassVar[bool] = False
 
     def __init__(self, config: TrainConfig, distribution: TaskDistribution) -> None:
         self.config = config

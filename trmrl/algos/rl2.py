@@ -26,19 +26,28 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from trmrl import distributed, ppo
 from trmrl.algos.common import InMemoryPPO, TwoPhaseOptimizers
-from trmrl.config import PPOConfig, TrainConfig
-from trmrl.nets.recurrent import RecurrentActorCritic, RecurrentState
+from trmrl.config import OnPolicyConfig, PPOConfig, TrainConfig
+from trmrl.nets.recurrent import RecurrentActorCritic, RecurrentState, RL2Config
 from trmrl.protocols import Starts, Step
 from trmrl.sampler import Rollout, TrialSampler, epoch_metrics
 from trmrl.seeding import Stream, random_rows, task_streams, torch_generator
 from trmrl.tasks import Task, TaskDistribution
+
+
+@dataclass(frozen=True)
+class RL2Agent(OnPolicyConfig):
+    """RL^2's part of a run's config: the recurrent agent (`rl2`), PPO (`ppo`)."""
+
+    name: ClassVar[str] = "rl2"
+    rl2: RL2Config = field(default_factory=RL2Config)
 
 
 class RL2Policy:
@@ -186,6 +195,9 @@ def rl2_update(model: RecurrentActorCritic, policy_optimizer: torch.optim.Optimi
 
 class RL2(InMemoryPPO):
     """`Algorithm`: the recurrent actor-critic, its two optimisers and its sampler."""
+
+    Config: ClassVar[type[RL2Agent]] = RL2Agent
+    """This algorithm's part of a run's config."""
 
     def __init__(self, config: TrainConfig, distribution: TaskDistribution) -> None:
         self.config = config

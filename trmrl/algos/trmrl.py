@@ -17,21 +17,36 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from trmrl import distributed, ppo
 from trmrl.algos.common import InMemoryPPO, TwoPhaseOptimizers
-from trmrl.config import MemoryScope, PPOConfig, TrainConfig
+from trmrl.attention import save_attention
+from trmrl.config import OnPolicyConfig, PPOConfig, TrainConfig
 from trmrl.memory import Window, gather_windows
-from trmrl.nets.policy import ActorCritic
+from trmrl.nets.policy import ActorCritic, MemoryScope, ModelConfig
 from trmrl.protocols import Starts, Step
 from trmrl.sampler import Rollout, TrialSampler, epoch_metrics
 from trmrl.seeding import Stream, random_rows, task_streams, torch_generator
 from trmrl.tasks import Task, TaskDistribution
 from trmrl.trial import forget_previous_episode
+
+if TYPE_CHECKING:
+    from trmrl.evaluate import MetaTester
+
+
+@dataclass(frozen=True)
+class TrMRLAgent(OnPolicyConfig):
+    """TrMRL's part of a run's config: the working-memory transformer (`model`), PPO (`ppo`)."""
+
+    name: ClassVar[str] = "trmrl"
+    model: ModelConfig = field(default_factory=ModelConfig)
 
 
 class TrMRLPolicy:
@@ -149,6 +164,9 @@ def ppo_update(
 class TrMRL(InMemoryPPO):
     """`Algorithm`: the model, its two optimisers (policy phase, value phase) and its sampler."""
 
+    Config: ClassVar[type[TrMRLAgent]] = TrMRLAgent
+    """This algorithm's part of a run's config."""
+
     def __init__(self, config: TrainConfig, distribution: TaskDistribution) -> None:
         self.config = config
         t = config.task
@@ -162,6 +180,13 @@ class TrMRL(InMemoryPPO):
         self.schedules = ppo.lr_schedules(config.ppo, samples)
         # gradient steps per phase and epoch: the LR schedule's clock, derived, so resuming needs no counter
         self.steps_per_epoch = config.ppo.update_epochs * math.ceil(samples / config.ppo.minibatch_size)
+
+    def save_attention(self, tester: MetaTester, out_dir: Path) -> list[Path]:
+        """One trial of the tester's first task; the attention of each step's newest memory."""
+        p, task = tester.protocol, tester.tasks()[0]
+        rollout = tester.sampler.collect(self.policy, [task], *tester.streams(0, [0]), p.deterministic)
+        windows, lengths = make_windows(rollout, self.policy)
+        return save_attention(self.model, rollout, windows, lengths, task, out_dir)
 
     def train_iteration(self, tasks: Sequence[Task], epoch: int) -> dict[str, float]:
         seed = self.config.seed

@@ -25,20 +25,93 @@ import math
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from trmrl import checkpoint, distributed, ppo
-from trmrl.config import TrainConfig, VariBADConfig
-from trmrl.evaluate import InMemoryLearner
+from trmrl.config import OnPolicyConfig, TrainConfig, require
 from trmrl.nets.policy import gaussian_entropy, gaussian_log_prob, mlp
-from trmrl.protocols import Starts, Step
+from trmrl.protocols import InMemoryLearner, Starts, Step
 from trmrl.sampler import Rollout, TrialSampler, epoch_metrics
 from trmrl.seeding import Stream, random_rows, task_streams, torch_generator
 from trmrl.tasks import Task, TaskDistribution
+
+
+@dataclass(frozen=True)
+class VariBADConfig:
+    """VariBAD (`--algo varibad`, Zintgraf et al. 2020): a recurrent encoder infers a belief
+    q(z | history) at every step of a trial, trained as a VAE whose reward decoder reconstructs
+    the trial's past and future rewards from it; a PPO policy acts on (state, belief mean, belief
+    log-variance), the belief detached. PPO's settings are the `ppo` section. Defaults: the
+    authors' config/mujoco/args_cheetah_vel_varibad.py."""
+
+    latent_size: int = 5
+    """Z: dimension of the task variable."""
+    gru_hidden: int = 128
+    """Hidden units of the encoder's GRU (reset at a trial start only)."""
+    state_embedding: int = 32
+    """Encoder and decoder: ReLU embedding width of a state."""
+    action_embedding: int = 16
+    reward_embedding: int = 16
+    reward_decoder: tuple[int, ...] = (64, 32)
+    """Hidden sizes of the deterministic reward decoder r(z, s', s, a) (ReLU)."""
+    decoder_prev_state: bool = True
+    """The reward decoder also reads s (not only z and s')."""
+    decoder_action: bool = True
+    """The reward decoder also reads a."""
+    decode_state: bool = False
+    """Also decode s' from (z, s, a) (the authors' optional state decoder; off in their MuJoCo
+    configs), with the reward decoder's hidden sizes."""
+    state_loss_coeff: float = 1.0
+    """Weight of the state reconstruction in the ELBO."""
+    policy_state_embedding: int = 64
+    """Policy and critic: ReLU embedding width of the state, before their MLPs."""
+    policy_latent_embedding: int = 64
+    """Policy and critic: ReLU embedding width of the belief (mean, logvar)."""
+    policy_hidden: tuple[int, ...] = (128, 128)
+    """Hidden sizes of the policy's and of the critic's tanh MLPs on the embeddings."""
+    init_std: float = 1.0
+    """Initial standard deviation of the Gaussian policy (state-independent, learned)."""
+    vae_lr: float = 1e-3
+    """Adam learning rate of the encoder and decoder."""
+    kl_weight: float = 0.1
+    """Weight of the KL terms KL(q_t || q_{t-1}) (q_{-1} = N(0, I)) in the ELBO."""
+    vae_buffer: int = 10_000
+    """Trajectories (trials) the VAE buffer keeps (the oldest go first)."""
+    vae_batch: int = 10
+    """Trajectories per VAE gradient step."""
+    vae_updates: int = 1
+    """VAE gradient steps per epoch (after the policy's update)."""
+    subsample_elbos: int = 50
+    """ELBO terms (beliefs) per trajectory and VAE step, drawn uniformly."""
+    subsample_decodes: int = 50
+    """Rewards decoded per ELBO term, drawn uniformly over the whole trajectory (past and future)."""
+    vae_max_grad_norm: float = 1.0
+    """Gradient-norm clip of the VAE step."""
+    normalize_inputs: bool = True
+    """Normalise the policy's (state, belief) input by running mean and variance."""
+    normalize_rewards: bool = True
+    """Divide the policy's rewards by the running standard deviation of discounted returns (the
+    VAE always sees raw rewards)."""
+
+    def __post_init__(self) -> None:
+        for name in ("latent_size", "gru_hidden", "vae_buffer", "vae_batch", "subsample_elbos", "subsample_decodes"):
+            require(getattr(self, name) >= 1, f"varibad.{name} must be >= 1")
+        require(self.vae_updates >= 0, "varibad.vae_updates must be >= 0")
+        require(self.vae_lr > 0, "varibad.vae_lr must be > 0")
+        require(self.kl_weight >= 0, "varibad.kl_weight must be >= 0")
+        require(self.init_std > 0, "varibad.init_std must be > 0")
+
+
+@dataclass(frozen=True)
+class VariBADAgent(OnPolicyConfig):
+    """VariBAD's part of a run's config: the belief's VAE and policy (`varibad`), PPO (`ppo`)."""
+
+    name: ClassVar[str] = "varibad"
+    varibad: VariBADConfig = field(default_factory=VariBADConfig)
 
 
 @contextlib.contextmanager
@@ -351,6 +424,9 @@ class VariBAD:
     Over several processes (`trmrl.distributed`) the collection splits by task and PPO's
     minibatches by row; every process then holds the whole rollout, so the normalisers, the VAE
     buffer and the VAE's steps (drawn from the same stream) stay equal without communication."""
+
+    Config: ClassVar[type[VariBADAgent]] = VariBADAgent
+    """This algorithm's part of a run's config."""
 
     data_parallel: ClassVar[bool] = True
 

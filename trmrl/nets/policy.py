@@ -11,14 +11,67 @@ import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from trmrl.config import ModelConfig
+from trmrl.config import require
 from trmrl.nets.transformer import CausalTransformer, initialize
 
 MIN_LOG_STD = math.log(1e-6)
+MemoryScope = Literal["episode", "trial"]
+TFixup = Literal["code", "paper", "off"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The TrMRL agent: working memory -> causal transformer (no LayerNorm) -> Gaussian head."""
+
+    d_model: int = 32
+    """D: width of a working memory and of the transformer."""
+    n_heads: int = 4
+    """Attention heads; must divide d_model."""
+    d_ff: int = 128
+    """Hidden width of each layer's feed-forward block."""
+    n_layers: int = 2
+    """L: transformer layers (also the L of T-Fixup)."""
+    window: int = 5
+    """W: number of most recent working memories the transformer attends over."""
+    memory_scope: MemoryScope = "episode"
+    """Where the window is cleared: every episode start ('episode', the original code) or only
+    at a trial start ('trial', the window then spans episode boundaries)."""
+    tfixup: TFixup = "code"
+    """T-Fixup variant: 'code' scales Q, K, V, out-proj and FFN (original code), 'paper' scales
+    only V, out-proj and FFN (Huang et al. 2020), 'off' keeps plain xavier init."""
+    head_hidden: tuple[int, ...] = (64, 64)
+    """Hidden sizes of the policy's tanh MLP head."""
+    value_hidden: tuple[int, ...] = (64, 64)
+    """Hidden sizes of the value function's tanh MLP."""
+    init_std: float = 0.5
+    """Initial standard deviation of the Gaussian policy (state-independent, learned)."""
+    output_weights_scale: float = 1.0
+    """Xavier gain of the policy head's output layer."""
+    shared_log_std: bool = False
+    """One learned log-std shared by every action dimension (the original code until 2021-05-11,
+    when it became one per dimension, the default here)."""
+    share_network: bool = False
+    """True: the value head reads the policy's latest memory (gradients reach the transformer).
+    False: a separate value MLP reads the single augmented observation."""
+    newest_only_last_layer: bool = True
+    """Compute the last layer at the newest position only (the only output read); same result,
+    fewer FLOPs. False runs every position through every layer, as the original code."""
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_heads", "d_ff", "n_layers"):
+            require(getattr(self, name) >= 1, f"model.{name} must be >= 1")
+        require(
+            self.d_model % self.n_heads == 0,
+            f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})",
+        )
+        require(self.window >= 1, f"model.window must be >= 1 (got {self.window})")
+        require(self.init_std > 0, "model.init_std must be > 0")
+
 
 
 def mlp(sizes: Sequence[int], output_gain: float, generator: torch.Generator) -> nn.Sequential:

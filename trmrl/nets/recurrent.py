@@ -10,14 +10,49 @@ A recurrent state is a tuple of (1, N, H) tensors: (actor h, critic h) for a GRU
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-from trmrl.config import RL2Config
+from trmrl.config import require
 from trmrl.nets.policy import MIN_LOG_STD, PolicyOutput, mlp
 
 RecurrentState = tuple[Tensor, ...]
+
+
+@dataclass(frozen=True)
+class RL2Config:
+    """The RL^2 agent (`--algo rl2`): a recurrent policy over the same trial inputs, its hidden
+    state carried across the episodes of a trial and reset at a trial start, and a separate
+    recurrent critic (the value of a trial state depends on the hidden task, which only the
+    history reveals). Trained with PPO and truncated backpropagation through time."""
+
+    cell: Literal["gru", "lstm"] = "gru"
+    """Recurrent core (torch.nn.GRU or torch.nn.LSTM)."""
+    hidden_size: int = 64
+    """H: hidden units of the policy's and of the critic's core."""
+    encoder_hidden: tuple[int, ...] = ()
+    """Hidden sizes of a tanh MLP applied to each input before the core (empty: none)."""
+    bptt_chunk: int = 10
+    """Truncated BPTT: the update replays stored sequences in chunks of this many steps (a chunk
+    also ends where a trial ends), each from the hidden state stored at its first step."""
+    init_std: float = 0.5
+    """Initial standard deviation of the Gaussian policy (state-independent, learned)."""
+    output_weights_scale: float = 1.0
+    """Xavier gain of the policy head."""
+    reset_every_step: bool = False
+    """Ablation: reset the hidden state at every step, leaving the agent no memory (RL^2's
+    counterpart of TrMRL's window of 1). Needs rl2.bptt_chunk 1."""
+
+    def __post_init__(self) -> None:
+        require(self.hidden_size >= 1, "rl2.hidden_size must be >= 1")
+        require(not self.reset_every_step or self.bptt_chunk == 1,
+                 "rl2.reset_every_step needs rl2.bptt_chunk 1 (every chunk starts from a zero state)")
+        require(self.bptt_chunk >= 1, "rl2.bptt_chunk must be >= 1")
+        require(self.init_std > 0, "rl2.init_std must be > 0")
+
 
 
 def _core(cell: str, n_in: int, hidden: int, generator: torch.Generator) -> nn.GRU | nn.LSTM:

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from trmrl.errors import ConfigError, MissingDependencyError
-from trmrl.tasks.base import Split, Task, TaskDistribution, TaskEnv
+from trmrl.tasks.base import HasOracle, Split, Task, TaskDistribution, TaskEnv, TaskList
 
-__all__ = ["Split", "Task", "TaskDistribution", "TaskEnv", "Registration", "register", "register_family",
+__all__ = ["Split", "Task", "TaskDistribution", "TaskEnv", "TaskList", "HasOracle", "Registration", "register", "register_family",
            "registered", "families", "registration", "make_task_distribution", "check_task_name", "TASK_OPTIONS"]
 
 TASK_OPTIONS = ("seed", "reward_function_version", "remembered_action", "goal_radius", "goal_arc", "step_size")

@@ -43,9 +43,9 @@ class TaskEnv(Protocol):
 
 
 class TaskDistribution(Protocol):
-    """A distribution over tasks that share one env (observation and action spaces). A benchmark
-    with a fixed list of tasks (MetaWorld) also offers `tasks(split) -> list[Task]`, which the
-    protocols over every held-out task use."""
+    """A distribution over tasks that share one env (observation and action spaces). It may also
+    be a `TaskList` (a fixed list of tasks per split) and `HasOracle` (a goal-knowing agent's
+    returns)."""
 
     name: str
     held_out: bool
@@ -61,4 +61,22 @@ class TaskDistribution(Protocol):
 
     def make_env(self) -> TaskEnv:
         """A fresh env; call `set_task` before its first reset."""
+        ...
+
+
+@runtime_checkable
+class TaskList(Protocol):
+    """A distribution with a fixed list of tasks per split (MetaWorld's goals and classes): the
+    protocols over every held-out task run it."""
+
+    def tasks(self, split: Split) -> list[Task]: ...
+
+
+@runtime_checkable
+class HasOracle(Protocol):
+    """A distribution that can say what a goal-knowing agent returns (point-nav's greedy mover):
+    the top of the scale the evaluator draws beside an agent."""
+
+    def oracle_returns(self, tasks: Sequence[Task], episodes: int, max_episode_steps: int) -> np.ndarray:
+        """(n tasks, episodes) returns."""
         ...
