@@ -27,7 +27,7 @@ from trmrl.config import TrainConfig
 from trmrl.errors import ConfigError
 from trmrl.protocols import InMemoryLearner, MetaLearner, Policy, Starts, Step
 from trmrl.rundir import write_text
-from trmrl.sampler import Rollout, TrialSampler, VectorEnvKind, episode_returns, episode_successes, first_episode_rewards
+from trmrl.sampler import TrialSampler, VectorEnvKind, episode_returns, episode_successes, first_episode_rewards
 from trmrl.seeding import Stream, numpy_rng, random_rows, task_streams
 from trmrl.stats import aggregate
 from trmrl.tasks import HasOracle, Task, TaskDistribution, TaskList, make_task_distribution, registered, registration

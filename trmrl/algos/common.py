@@ -1,19 +1,25 @@
-"""What the PPO-trained, in-memory algorithms (TrMRL, RL^2) share: a model with policy and value
+"""What the PPO-trained, in-memory algorithms (TrMRL, RL^2, VariBAD) share: one on-policy loop
+(collect -> update -> the epoch's metrics), and for TrMRL and RL^2 a model with policy and value
 parameters, one AdamW per update phase (the original TrMRL code's layout) saved and restored
 together, and a policy that adapts in memory."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
-from trmrl import checkpoint
-from trmrl.config import PPOConfig
+from trmrl import checkpoint, distributed
+from trmrl.config import PPOConfig, TrainConfig
 from trmrl.protocols import InMemoryLearner, Policy
+from trmrl.rollout import Rollout
+from trmrl.sampler import TrialSampler, epoch_metrics
+from trmrl.seeding import Stream, task_streams, torch_generator
+from trmrl.tasks import Task
 
 
 class TwoPhaseModel(Protocol):
@@ -53,9 +59,40 @@ class TwoPhaseOptimizers:
             self.value.load_state_dict(state["value_optimizer"])
 
 
-class InMemoryPPO:
+class OnPolicyLoop:
+    """One epoch of an on-policy algorithm: collect one trial per task with `collecting_policy()`
+    (each env on its task's own streams, split over processes by task), `update` on the rollout
+    with the epoch's minibatch stream, and report its metrics with the epoch's own (returns,
+    success, timing: `sampler.epoch_metrics`). Subclasses say how to act and how to update."""
+
+    config: TrainConfig
+    sampler: TrialSampler
+
+    def collecting_policy(self) -> Policy[Any]:
+        """What acts while collecting (RL^2: a recorder of its hidden states around the policy)."""
+        raise NotImplementedError
+
+    def update(self, rollout: Rollout, epoch: int, generator: torch.Generator) -> tuple[dict[str, float], int]:
+        """Learn from the epoch's rollout; (metrics, the number of samples it trained on)."""
+        raise NotImplementedError
+
+    def train_iteration(self, tasks: Sequence[Task], epoch: int) -> dict[str, float]:
+        seed = self.config.seed
+        start = time.perf_counter()
+        streams = task_streams(seed, Stream.TRAIN_ENVS, Stream.TRAIN_ACTIONS, epoch, range(len(tasks)))
+        rollout = distributed.collect(self.sampler, self.collecting_policy(), tasks, *streams)
+        collected = time.perf_counter()
+        metrics, samples = self.update(rollout, epoch, torch_generator(seed, Stream.MINIBATCHES, epoch))
+        return metrics | epoch_metrics(rollout, samples, collected - start, time.perf_counter() - collected,
+                                       self.sampler.action_bounds)
+
+
+class InMemoryPPO(OnPolicyLoop):
     """Base of TrMRL and RL^2 (`Algorithm`): they differ in their policy, batch and update; their
     meta-learner (the policy itself, adapting within a trial) and checkpoint state are alike."""
+
+    def collecting_policy(self) -> Policy[Any]:
+        return self.policy
 
     policy: Policy[Any]
     optimizers: TwoPhaseOptimizers

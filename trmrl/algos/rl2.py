@@ -24,7 +24,6 @@ Shapes: T steps, B envs, S chunks, L = bptt_chunk, O augmented observation, A ac
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -37,9 +36,9 @@ from trmrl.algos.common import InMemoryPPO, TwoPhaseOptimizers
 from trmrl.config import OnPolicyConfig, PPOConfig, TrainConfig
 from trmrl.nets.recurrent import RecurrentActorCritic, RecurrentState, RL2Config
 from trmrl.protocols import Starts, Step
-from trmrl.sampler import Rollout, TrialSampler, epoch_metrics
-from trmrl.seeding import Stream, random_rows, task_streams, torch_generator
-from trmrl.tasks import Task, TaskDistribution
+from trmrl.sampler import Rollout, TrialSampler
+from trmrl.seeding import Stream, random_rows, torch_generator
+from trmrl.tasks import TaskDistribution
 
 
 @dataclass(frozen=True)
@@ -214,19 +213,16 @@ class RL2(InMemoryPPO):
         chunks = t.tasks_per_epoch * math.ceil(t.steps_per_trial / chunk)
         self.steps_per_epoch = config.ppo.update_epochs * math.ceil(chunks / max(1, config.ppo.minibatch_size // chunk))
 
-    def train_iteration(self, tasks: Sequence[Task], epoch: int) -> dict[str, float]:
-        seed = self.config.seed
-        recorder = _ChunkStartRecorder(self.policy, self.config.rl2.bptt_chunk)
-        t0 = time.perf_counter()
-        streams = task_streams(seed, Stream.TRAIN_ENVS, Stream.TRAIN_ACTIONS, epoch, range(len(tasks)))
-        rollout = distributed.collect(self.sampler, recorder, tasks, *streams)
-        t1 = time.perf_counter()
+    def collecting_policy(self) -> _ChunkStartRecorder:
+        self.recorder = _ChunkStartRecorder(self.policy, self.config.rl2.bptt_chunk)
+        return self.recorder
+
+    def update(self, rollout: Rollout, epoch: int, generator: torch.Generator) -> tuple[dict[str, float], int]:
         # each process recorded the states of its own tasks: gather them in task order, as the rollout
-        states = [distributed.gather_columns(torch.stack(h), len(tasks), dim=2).unbind(0) for h in zip(*recorder.states)]
+        n_tasks = rollout.rewards.shape[1]
+        states = [distributed.gather_columns(torch.stack(h), n_tasks, dim=2).unbind(0) for h in zip(*self.recorder.states)]
         chunks = make_chunks(rollout.to(self.policy.device), list(zip(*states)), self.config.rl2.bptt_chunk,
                              self.config.ppo)
         metrics = rl2_update(self.model, self.optimizers.policy, self.optimizers.value, chunks, self.config,
-                             torch_generator(seed, Stream.MINIBATCHES, epoch), self.schedules,
-                             epoch * self.steps_per_epoch)
-        return metrics | epoch_metrics(rollout, int(chunks.valid.sum()), t1 - t0, time.perf_counter() - t1,
-                                       self.sampler.action_bounds)
+                             generator, self.schedules, epoch * self.steps_per_epoch)
+        return metrics, int(chunks.valid.sum())

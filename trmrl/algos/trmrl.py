@@ -15,7 +15,6 @@ A action dim.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,9 +31,9 @@ from trmrl.config import OnPolicyConfig, PPOConfig, TrainConfig
 from trmrl.memory import Window, gather_windows
 from trmrl.nets.policy import ActorCritic, MemoryScope, ModelConfig
 from trmrl.protocols import Starts, Step
-from trmrl.sampler import Rollout, TrialSampler, epoch_metrics
-from trmrl.seeding import Stream, random_rows, task_streams, torch_generator
-from trmrl.tasks import Task, TaskDistribution
+from trmrl.sampler import Rollout, TrialSampler
+from trmrl.seeding import Stream, random_rows, torch_generator
+from trmrl.tasks import TaskDistribution
 from trmrl.trial import forget_previous_episode
 
 if TYPE_CHECKING:
@@ -188,14 +187,8 @@ class TrMRL(InMemoryPPO):
         windows, lengths = make_windows(rollout, self.policy)
         return save_attention(self.model, rollout, windows, lengths, task, out_dir)
 
-    def train_iteration(self, tasks: Sequence[Task], epoch: int) -> dict[str, float]:
-        seed = self.config.seed
-        t0 = time.perf_counter()
-        streams = task_streams(seed, Stream.TRAIN_ENVS, Stream.TRAIN_ACTIONS, epoch, range(len(tasks)))
-        rollout = distributed.collect(self.sampler, self.policy, tasks, *streams)
-        t1 = time.perf_counter()
+    def update(self, rollout: Rollout, epoch: int, generator: torch.Generator) -> tuple[dict[str, float], int]:
         batch = make_batch(rollout.to(self.policy.device), self.config.ppo, self.policy)
         metrics = ppo_update(self.model, self.optimizers.policy, self.optimizers.value, batch, self.config.ppo,
-                             torch_generator(seed, Stream.MINIBATCHES, epoch), self.schedules,
-                             epoch * self.steps_per_epoch)
-        return metrics | epoch_metrics(rollout, len(batch), t1 - t0, time.perf_counter() - t1, self.sampler.action_bounds)
+                             generator, self.schedules, epoch * self.steps_per_epoch)
+        return metrics, len(batch)

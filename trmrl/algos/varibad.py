@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,12 +31,13 @@ import torch
 from torch import Tensor, nn
 
 from trmrl import checkpoint, distributed, ppo
+from trmrl.algos.common import OnPolicyLoop
 from trmrl.config import OnPolicyConfig, TrainConfig, require
 from trmrl.nets.policy import gaussian_entropy, gaussian_log_prob, mlp
 from trmrl.protocols import InMemoryLearner, Starts, Step
-from trmrl.sampler import Rollout, TrialSampler, epoch_metrics
-from trmrl.seeding import Stream, random_rows, task_streams, torch_generator
-from trmrl.tasks import Task, TaskDistribution
+from trmrl.sampler import Rollout, TrialSampler
+from trmrl.seeding import Stream, random_rows, torch_generator
+from trmrl.tasks import TaskDistribution
 
 
 @dataclass(frozen=True)
@@ -418,7 +418,7 @@ class VariBADPolicy:
 # ---------------------------------------------------------------- the algorithm
 
 
-class VariBAD:
+class VariBAD(OnPolicyLoop):
     """`Algorithm`: the encoder, decoder, policy, their optimisers, normalisers and VAE buffer.
 
     Over several processes (`trmrl.distributed`) the collection splits by task and PPO's
@@ -498,13 +498,12 @@ class VariBAD:
                                                            self.config.ppo.gamma).reshape(-1, 1))
         return (rollout.rewards / (self.returns_rms.var.float() + 1e-8).sqrt()).clamp(-10.0, 10.0)
 
-    def train_iteration(self, tasks: Sequence[Task], epoch: int) -> dict[str, float]:
-        seed, p, v = self.config.seed, self.config.ppo, self.config.varibad
-        t0 = time.perf_counter()
-        streams = task_streams(seed, Stream.TRAIN_ENVS, Stream.TRAIN_ACTIONS, epoch, range(len(tasks)))
-        rollout = distributed.collect(self.sampler, self.policy, tasks, *streams).to(self.policy.device)
-        t1 = time.perf_counter()
+    def collecting_policy(self) -> VariBADPolicy:
+        return self.policy
 
+    def update(self, rollout: Rollout, epoch: int, generator: torch.Generator) -> tuple[dict[str, float], int]:
+        p, v = self.config.ppo, self.config.varibad
+        rollout = rollout.to(self.policy.device)
         raw = self.raw_inputs(rollout).flatten(0, 1)
         x = self.policy.policy_inputs(raw)
         scaled = dataclasses.replace(rollout, rewards=self.normalized_rewards(rollout))
@@ -519,7 +518,6 @@ class VariBAD:
         def value_terms(index: Tensor) -> tuple[Tensor, Tensor]:
             return model.critic(x[index])[:, 0], returns[index]
 
-        generator = torch_generator(seed, Stream.MINIBATCHES, epoch)
         metrics = ppo.ppo_update(
             len(x), p.minibatch_size,
             (ppo.Phase(self.optimizers["policy"], list(model.policy_parameters()), self.schedules[0]), policy_terms),
@@ -539,5 +537,4 @@ class VariBAD:
             ppo.gradient_step(loss, self.optimizers["vae"], self.vae_parameters(), v.vae_max_grad_norm, "VAE")
             for key, value in zip(vae, (loss, reconstruction, kl)):
                 vae[key] += float(value.detach()) / v.vae_updates
-        update = time.perf_counter() - t1
-        return metrics | vae | epoch_metrics(rollout, len(x), t1 - t0, update, self.sampler.action_bounds)
+        return metrics | vae, len(x)
