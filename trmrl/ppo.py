@@ -20,8 +20,8 @@ from torch import Tensor
 
 from trmrl import distributed
 from trmrl.config import PPOConfig
-from trmrl.errors import DivergenceError
-from trmrl.sampler import Rollout
+from trmrl.optim import gradient_step
+from trmrl.rollout import Rollout
 
 
 def gae(rewards: Tensor, values: Tensor, next_values: Tensor, cut: Tensor, gamma: float, lam: float) -> Tensor:
@@ -139,39 +139,6 @@ def value_loss(predicted: Tensor, returns: Tensor, log_std: Tensor, kind: str, t
         return 0.5 * _mean((predicted - returns).pow(2), total)
     z = (returns - predicted) / log_std.exp()
     return _mean(0.5 * z.pow(2) + log_std + 0.5 * torch.log(torch.tensor(2 * torch.pi)), total)
-
-
-def gradient_step(
-    loss: Tensor | None, optimizer: torch.optim.Optimizer, params: Sequence[Tensor], max_grad_norm: float | None,
-    what: str, extras: Tensor | None = None, data_parallel: bool = False,
-) -> Tensor:
-    """One optimiser step on `loss`; a non-finite loss is a DivergenceError (the run keeps its
-    last good checkpoint) rather than a silent NaN in the weights. Returns [loss, *extras].
-
-    `data_parallel`: `loss` is this process's share of a minibatch's loss (None: it holds no row
-    of it); the gradients, the loss and `extras` are summed over the processes in one all-reduce
-    before clipping, so every process steps on the whole minibatch's gradient and all of them
-    stop alike on a non-finite loss. The returned numbers are the sums."""
-    numbers = torch.zeros(1) if loss is None else loss.detach().reshape(1).cpu()
-    if extras is not None:
-        numbers = torch.cat([numbers, extras.detach().reshape(-1).cpu()])
-    if not data_parallel:
-        assert loss is not None
-        if not torch.isfinite(loss):
-            raise DivergenceError(f"non-finite {what} loss ({loss.item()})")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-    else:
-        optimizer.zero_grad(set_to_none=True)
-        if loss is not None:
-            loss.backward()
-        numbers = distributed.sum_gradients(params, numbers)
-        if not torch.isfinite(numbers[0]):
-            raise DivergenceError(f"non-finite {what} loss ({numbers[0].item()}) in a process of the run")
-    if max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
-    return numbers
 
 
 def explained_variance(predicted: Tensor, returns: Tensor) -> float:

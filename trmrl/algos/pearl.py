@@ -39,9 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trmrl import checkpoint, ppo
+from trmrl import checkpoint
 from trmrl.config import AlgorithmConfig, TaskConfig, TrainConfig, require
 from trmrl.errors import CheckpointError, ConfigError
+from trmrl.optim import gradient_step
 from trmrl.protocols import Starts, Step
 from trmrl.sampler import Rollout, TrialSampler, rollout_metrics
 from trmrl.seeding import Stream, numpy_rng, random_rows, task_streams, torch_generator
@@ -587,7 +588,7 @@ class PEARL:
             target_v = self.target_vf(torch.cat([s_next, z], -1))[0, :, 0]
             q_target = soft_q_target(r, done, target_v, p.reward_scale, p.discount)
         qf_loss = (q - q_target).pow(2).mean(1).sum()
-        ppo.gradient_step(qf_loss + p.kl_weight * kl, self.optimizers["critic"], [], None, "Q and encoder")
+        gradient_step(qf_loss + p.kl_weight * kl, self.optimizers["critic"], [], None, "Q and encoder")
 
         # V towards min Q - log pi of fresh actions; the policy towards min Q (z fixed for both)
         x = torch.cat([s, z_fixed], -1)
@@ -599,14 +600,14 @@ class PEARL:
         min_q = q_new.min(0).values
         v = self.vf(x)[0, :, 0]
         vf_loss = (v - soft_v_target(q_new, log_pi).detach()).pow(2).mean()
-        ppo.gradient_step(vf_loss, self.optimizers["vf"], [], None, "V")
+        gradient_step(vf_loss, self.optimizers["vf"], [], None, "V")
         with torch.no_grad():
             for target, source in zip(self.target_vf.parameters(), self.vf.parameters()):
                 target.lerp_(source, p.tau)
 
         policy_loss = (log_pi - min_q).mean() + p.policy_mean_reg * pre_mean.pow(2).mean() \
             + p.policy_std_reg * log_std.pow(2).mean()
-        ppo.gradient_step(policy_loss, self.optimizers["policy"], [], None, "policy")
+        gradient_step(policy_loss, self.optimizers["policy"], [], None, "policy")
         return {"qf_loss": qf_loss.detach(), "vf_loss": vf_loss.detach(), "policy_loss": policy_loss.detach(),
                 "kl": kl.detach(), "z_variance": variance.detach().mean(), "log_pi": log_pi.detach().mean()}
 

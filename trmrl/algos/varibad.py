@@ -34,6 +34,7 @@ from trmrl import checkpoint, distributed, ppo
 from trmrl.algos.common import OnPolicyLoop
 from trmrl.config import OnPolicyConfig, TrainConfig, require
 from trmrl.nets.policy import gaussian_entropy, gaussian_log_prob, mlp
+from trmrl.optim import gradient_step
 from trmrl.protocols import InMemoryLearner, Starts, Step
 from trmrl.sampler import Rollout, TrialSampler
 from trmrl.seeding import Stream, random_rows, torch_generator
@@ -534,7 +535,7 @@ class VariBAD(OnPolicyLoop):
         for _ in range(v.vae_updates):
             loss, reconstruction, kl = elbo_loss(self.encoder, self.decoder, self.buffer.sample(v.vae_batch, generator),
                                                  v, generator, self.state_decoder)
-            ppo.gradient_step(loss, self.optimizers["vae"], self.vae_parameters(), v.vae_max_grad_norm, "VAE")
+            gradient_step(loss, self.optimizers["vae"], self.vae_parameters(), v.vae_max_grad_norm, "VAE")
             for key, value in zip(vae, (loss, reconstruction, kl)):
                 vae[key] += float(value.detach()) / v.vae_updates
         return metrics | vae, len(x)
