@@ -30,21 +30,28 @@ def test_the_readme_is_a_front_door_whose_links_lead_somewhere():
     assert links and all((ROOT / link).exists() for link in links), [link for link in links if not (ROOT / link).exists()]
 
 
-def example() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", EXAMPLE_PAGE.read_text(), flags=re.S)
-    (code,) = [b for b in blocks if "tasks.register(" in b]
-    return code
-
-
-def test_the_custom_distribution_example_runs_as_shown(tmp_path):
-    code = example()
-    assert len(code.splitlines()) <= 40
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    assert "meta-test return per episode:" in result.stdout
+def test_the_custom_distribution_example_trains_evaluates_and_resumes_as_shown(tmp_path):
+    """docs/architecture.md: the module as shown, then its three commands, each in a new process."""
+    text = EXAMPLE_PAGE.read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    (module,) = [b for b in blocks if 'tasks.register("ring-goals"' in b]
+    (tmp_path / "ring_goals.py").write_text(module)
+    commands = re.search(r"```bash\n(trmrl train point-nav --imports ring_goals.*?)```", text, flags=re.S).group(1)
+    outputs = []
+    for line in commands.strip().splitlines():
+        args = line.split()
+        assert args[0] == "trmrl"
+        result = subprocess.run([sys.executable, "-m", "trmrl", *args[1:]], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=300)
+        assert result.returncode == 0, (line, result.stderr)
+        outputs.append(result.stdout)
     run = tmp_path / "runs" / "ring-goals"
-    assert json.loads((run / "config.json").read_text())["task"]["name"] == "ring-goals"
+    config = json.loads((run / "config.json").read_text())
+    assert config["task"]["name"] == "ring-goals" and config["imports"] == ["ring_goals"]
     held_out = np.random.default_rng(0).permutation(np.linspace(0, 2 * np.pi, 60, endpoint=False))[50:]
     goals = {(round(float(np.cos(a)), 6), round(float(np.sin(a)), 6)) for a in held_out}
     tested = json.loads((run / "eval" / "adaptation.json").read_text())["tasks"]
     assert tested and all((round(x, 6), round(y, 6)) in goals for x, y in (t["params"] for t in tested))
+    assert "adaptation: 5 held-out tasks of ring-goals" in outputs[1]
+    steps = [json.loads(line)["charts/env_steps"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert max(steps) >= 40_000  # the resume went on to the new budget

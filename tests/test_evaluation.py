@@ -233,12 +233,13 @@ def test_paper_references_are_drawn_only_for_runs_of_one_preset(tmp_path):
     from trmrl.paper import adaptation_reference, learning_references
     from trmrl.plot import Run, shared_preset
 
-    def run(preset):
+    def run(preset, task=None):
         return Run("trmrl: x", tmp_path, preset, "trmrl", (np.array([0]), np.array([0.0])), (np.array([]), np.array([])),
-                   None, None)
+                   None, None, config={"task": {"name": task or preset}})
 
     assert shared_preset([run("cheetah-vel"), run("cheetah-vel")]) == "cheetah-vel"
     assert shared_preset([run("cheetah-vel"), run("ant-dir")]) is None  # no reference fits both
+    assert shared_preset([run("cheetah-vel", "my-cheetah")]) is None  # the preset's settings on a task of one's own
     # the values of docs/paper.md section 5, read from the paper's figures 4-6 and appendix E
     paper, no_tfixup = learning_references("cheetah-vel")
     assert (paper.at(2e6), paper.at(4e6), paper.at(1e7)) == (-70, -34, -25)

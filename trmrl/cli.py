@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import dataclasses
 import io
+import itertools
 import os
 import re
 import sys
@@ -82,8 +83,10 @@ def _parse_config(preset: str, args: Sequence[str]) -> TrainConfig:
     report is folded into one line."""
     import tyro
 
+    from trmrl.plugins import import_modules
     from trmrl.presets import get_preset
 
+    import_modules(_imports_argument(args))  # before anything looks up a task or an algorithm by name
     default = get_preset(preset, _algo_argument(args))
     view = command_line(default.algo)
     prog = f"trmrl train {preset}" + ("" if default.algo == get_preset(preset).algo else f" --algo {default.algo}")
@@ -169,6 +172,14 @@ def _algo_argument(args: Sequence[str]) -> str | None:
         if arg.startswith("--algo="):
             return arg.split("=", 1)[1]
     return None
+
+
+def _imports_argument(args: Sequence[str]) -> list[str]:
+    """The modules after --imports, if given (tyro parses them again into the config)."""
+    if "--imports" not in args:
+        return []
+    rest = args[args.index("--imports") + 1:]
+    return [a for a in itertools.takewhile(lambda a: not a.startswith("--"), rest)]
 
 
 def _one_line(report: str) -> str:

@@ -240,6 +240,9 @@ class RunSettings:
     dist_timeout: float = 300.0
     """Several processes: seconds one waits for the others (to join, at each exchange) before the
     run stops with an error."""
+    imports: tuple[str, ...] = ()
+    """Modules imported first in every process that reads the run (training, `trmrl eval`,
+    `--resume`, `--nproc`): where your own task distributions and algorithms register themselves."""
 
 
 @dataclass(frozen=True, init=False)

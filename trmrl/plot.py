@@ -266,14 +266,20 @@ def bound(runs: list[Run], which: str = "random") -> np.ndarray | None:
 
 
 def shared_preset(runs: Sequence[Run]) -> str | None:
-    """The preset every run started from, or None when they differ (then no paper reference
-    fits them all)."""
+    """The preset every run started from and whose task distribution it trained on, or None (then
+    no paper reference fits them all: e.g. a task distribution of your own on point-nav's settings)."""
+    from trmrl.presets import PRESETS
+
     presets = {run.preset for run in runs}
-    return presets.pop() if len(presets) == 1 else None
+    preset = presets.pop() if len(presets) == 1 else None
+    if preset not in PRESETS or any(run.config.get("task", {}).get("name") != PRESETS[preset][1].task.name
+                                    for run in runs):
+        return None
+    return preset
 
 
 NOT_CONFIG = ("seed", "run_dir", "progress", "torch_threads", "total_env_steps", "checkpoint_every",
-              "eval.every_epochs")
+              "eval.every_epochs", "device", "dist_timeout", "imports")
 """Fields that do not make two runs different experiments (a longer budget extends one; learning
 curves are drawn where all runs of a group have points)."""
 

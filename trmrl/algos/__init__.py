@@ -47,6 +47,10 @@ def register(name: str, summary: str, target: str, *, replace: bool = False) -> 
 
 def check_name(name: str) -> None:
     if name not in ALGORITHMS:
+        from trmrl.plugins import load_entry_points
+
+        if load_entry_points() and name in ALGORITHMS:
+            return
         raise ConfigError(f"unknown algorithm '{name}'; choose from {', '.join(ALGORITHMS)}")
 
 
@@ -84,5 +88,8 @@ def with_algorithm(config: TrainConfig, name: str, **changes: Any) -> TrainConfi
 
 def load_config(data: dict[str, Any]) -> TrainConfig:
     """A run's config from its `config.json` (or a checkpoint's copy of it)."""
+    from trmrl.plugins import import_modules
+
+    import_modules(data.get("imports", ()))  # the run's own task distributions and algorithms
     name = data.get("algo", "trmrl")  # the oldest runs recorded no algorithm: they were TrMRL's
     return run_config_from_dict(data, config_class(name))

@@ -85,8 +85,13 @@ def registration(name: str) -> Registration:
     for prefix, family in _FAMILIES.items():
         if name.startswith(prefix) and len(name) > len(prefix):
             return dataclasses.replace(family, name=name, make=functools.partial(family.make, name[len(prefix):]))
+    from trmrl.plugins import load_entry_points
+
+    if load_entry_points():  # a plugin package may register it
+        return registration(name)
     known = [*_REGISTRY, *(family.name for family in _FAMILIES.values())]
-    raise ConfigError(f"unknown task '{name}'; choose from {', '.join(known)}")
+    raise ConfigError(f"unknown task '{name}'; choose from {', '.join(known)} (a task of your own: "
+                      f"--imports MODULE, or a `trmrl.plugins` entry point)")
 
 
 def check_task_name(name: str) -> None:
