@@ -286,3 +286,56 @@ def test_a_signal_stops_after_the_epoch_with_a_checkpoint_and_the_resume_is_exac
     config = load_config(json.loads((run / "config.json").read_text()))
     train(config, tmp_path / "uninterrupted")
     assert without_timing(read_metrics(run)) == without_timing(read_metrics(tmp_path / "uninterrupted"))
+
+
+def test_a_config_file_under_the_flags_repeats_a_run_with_another_seed(tmp_path):
+    """`--config RUN/config.json --seed 2`: the run's config with another seed (and its own run
+    directory); a TOML or YAML file of a few fields sits over the preset it names and under the flags."""
+    from trmrl.rundir import RunDir
+
+    run = tmp_path / "run"
+    small = ["--total-env-steps", "320", "--task.tasks-per-epoch", "8", "--eval.every-epochs", "0", "--eval.no-final",
+             "--model.d-model", "16", "--torch-threads", "1", "--no-progress"]
+    assert trmrl("train", "point-nav", *small, "--run-dir", str(run)).returncode == 0
+    again = tmp_path / "again"
+    result = trmrl("train", "--config", str(run / "config.json"), "--seed", "2", "--run-dir", str(again))
+    assert result.returncode == 0, result.stderr
+    first, second = (json.loads((d / "config.json").read_text()) for d in (run, again))
+    assert second["seed"] == 2 and second["run_dir"] == str(again)
+    assert {k: v for k, v in first.items() if k not in ("seed", "run_dir")} == \
+           {k: v for k, v in second.items() if k not in ("seed", "run_dir")}
+
+    (tmp_path / "mine.toml").write_text('preset = "cheetah-vel"\ntotal_env_steps = 4000\n[model]\nwindow = 3\n'
+                                        'd_model = 16\nn_heads = 2\n[task]\ntasks_per_epoch = 2\n[ppo]\nminibatch_size = 64\n')
+    (tmp_path / "mine.yaml").write_text("algo: rl2\nrl2:\n  hidden_size: 8\n")
+    from trmrl.cli import _parse_config
+
+    config = _parse_config(None, ["--config", str(tmp_path / "mine.toml"), "--model.window", "2"])
+    assert (config.preset, config.total_env_steps, config.model.window, config.model.d_model) == ("cheetah-vel", 4000, 2, 16)
+    assert config.model.n_layers == 4 and config.ppo.gamma == 0.9  # the rest: the cheetah-vel preset's
+    config = _parse_config("point-nav", ["--config", str(tmp_path / "mine.yaml")])
+    assert (config.algo, config.rl2.hidden_size, config.rl2.bptt_chunk) == ("rl2", 8, 40)  # point-nav's rl2 settings
+    assert RunDir(run).read_config().seed == 1
+
+    (tmp_path / "bad.toml").write_text("[model]\nwindw = 3\n")
+    (tmp_path / "broken.toml").write_text("[model\n")
+    for args, fragment in ((["--config", str(tmp_path / "bad.toml")], "windw"),
+                           (["--config", str(tmp_path / "broken.toml")], "not valid TOML"),
+                           (["--config", str(tmp_path / "none.toml")], "No such file"),
+                           (["--config", str(tmp_path / "mine.txt")], "a .toml, .yaml, .yml or .json file"),
+                           (["--config"], "--config takes a value")):
+        assert_one_error_line(trmrl("train", *args), fragment)
+
+
+def test_the_config_is_in_tensorboards_hparams(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from trmrl.train import train
+
+    from conftest import tiny_config
+
+    train(tiny_config(total_env_steps=80), tmp_path)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    assert content and any(b"model.window" in value for value in content.values())

@@ -32,6 +32,7 @@ _D = TypeVar("_D")
 
 USAGE = """usage:
   trmrl train [PRESET] [--FIELD VALUE ...]   meta-train, then meta-test (default preset: {default})
+  trmrl train [PRESET] --config FILE [...]    the same from a TOML/YAML file or a run's config.json
   trmrl train --resume RUN_DIR [--total-env-steps N] [--device D]
   trmrl train ... --nproc N                   the same over N processes on this machine (torchrun)
   trmrl eval RUN_DIR|CHECKPOINT [--protocol during-training|adaptation|ood] [--n-tasks N]
@@ -78,16 +79,96 @@ def _from_command_line(parsed: CommandLine) -> TrainConfig:
     return TrainConfig(**{f.name: getattr(parsed, f.name) for f in dataclasses.fields(RunSettings)}, agent=agent)
 
 
-def _parse_config(preset: str, args: Sequence[str]) -> TrainConfig:
-    """tyro parses the overrides against the view of the chosen algorithm; its boxed error
-    report is folded into one line."""
+def read_config_file(path: Path) -> dict[str, typing.Any]:
+    """A config file's fields: TOML, YAML or JSON (a run's own config.json), by its suffix."""
+    import json
+    import tomllib
+
+    if path.suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ConfigError(f"--config {path}: a .toml, .yaml, .yml or .json file, please")
+    try:
+        text = path.read_text()
+        if path.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: {exc.strerror}") from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, ValueError) as exc:
+        raise ConfigError(f"--config {path}: not valid {path.suffix[1:].upper()} ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: holds no fields (a table of `field = value` and `[section]`s)")
+    return data
+
+
+def _merge(base: dict[str, typing.Any], changes: dict[str, typing.Any]) -> dict[str, typing.Any]:
+    """`base` with `changes`, section by section."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _starting_config(preset: str | None, args: Sequence[str]) -> TrainConfig:
+    """The preset (for --algo), with a --config file's fields over it: the file may name the
+    preset and algorithm itself; a run directory comes from the command line, never a file."""
+    from trmrl.algos import load_config
+    from trmrl.config import to_dict
+    from trmrl.presets import DEFAULT_PRESET, get_preset
+
+    file = _option_value(args, "--config")
+    data = read_config_file(Path(file)) if file else {}
+    preset = preset or data.get("preset") or DEFAULT_PRESET
+    base = get_preset(preset, _algo_argument(args) or data.get("algo"))
+    if not data:
+        return base
+    changes = {k: v for k, v in data.items() if k not in ("run_dir", "algo")} | {"preset": preset}
+    try:
+        return load_config(_merge(to_dict(base), changes))
+    except TypeError as exc:
+        raise ConfigError(f"--config {file}: {exc}") from None
+
+
+def _option_value(args: Sequence[str], option: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == option:
+            if i + 1 == len(args) or args[i + 1].startswith("--"):
+                raise ConfigError(f"{option} takes a value")
+            return args[i + 1]
+        if arg.startswith(option + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _without_option(args: Sequence[str], option: str) -> list[str]:
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
+
+
+def _parse_config(preset: str | None, args: Sequence[str]) -> TrainConfig:
+    """tyro parses the overrides against the view of the chosen algorithm, over the preset and a
+    --config file; its boxed error report is folded into one line."""
     import tyro
 
     from trmrl.plugins import import_modules
-    from trmrl.presets import get_preset
 
     import_modules(_imports_argument(args))  # before anything looks up a task or an algorithm by name
-    default = get_preset(preset, _algo_argument(args))
+    default = _starting_config(preset, args)
+    preset = default.preset
+    args = _without_option(args, "--config")
+    from trmrl.presets import get_preset
+
     view = command_line(default.algo)
     prog = f"trmrl train {preset}" + ("" if default.algo == get_preset(preset).algo else f" --algo {default.algo}")
     if any(a in ("-h", "--help") for a in args):
@@ -204,6 +285,8 @@ def _print_summary(summary: dict, run_dir: Path, preset: str, algo: str) -> None
 
     parts = [("adaptation", summary), *((k, v) for k, v in summary.items() if isinstance(v, dict) and "protocol" in v)]
     for name, part in parts:
+        if not part:  # no final meta-test (eval.final off)
+            continue
         paper = adaptation_reference(preset, name, algo)
         success = "success_per_episode" in part
         oracle = "oracle_return_per_episode" in part
@@ -288,11 +371,10 @@ def train_command(args: list[str]) -> int:
         if not RunDir(run_dir).checkpoint.is_file():
             raise CheckpointError(f"no checkpoint at {RunDir(run_dir).checkpoint}")
     else:
-        from trmrl.presets import DEFAULT_PRESET
-
-        preset = args[0] if args and not args[0].startswith("-") else DEFAULT_PRESET
-        rest = args[1:] if args and not args[0].startswith("-") else args
+        preset = args[0] if args and not args[0].startswith("-") else None
+        rest = args[1:] if preset else args
         config = _parse_config(preset, rest)
+        preset = config.preset
         run_dir = config.run_dir or RunDir.default(_run_name(config), config.seed).root
         if config.run_dir is None:  # the processes `--nproc` starts take this one (its time stamp)
             args = [*args, "--run-dir", str(run_dir)]

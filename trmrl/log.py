@@ -21,7 +21,8 @@ class MetricLogger:
     files match an uninterrupted run's.
     """
 
-    def __init__(self, run: RunDir, completed_epochs: int | None = None) -> None:
+    def __init__(self, run: RunDir, completed_epochs: int | None = None,
+                 hparams: dict[str, Any] | None = None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = run.metrics
@@ -41,6 +42,19 @@ class MetricLogger:
             self.writer = SummaryWriter(str(self.tensorboard), purge_step=purge_step)
             for record in rewrite:
                 self._add_scalars(record)
+            if hparams is not None and completed_epochs is None:  # once, when the run starts
+                self._add_hparams(hparams)
+
+    def _add_hparams(self, config: dict[str, Any]) -> None:
+        """The run's config in TensorBoard's HParams tab (one flat `section.field` per column),
+        beside the metrics a comparison of runs reads first."""
+        from torch.utils.tensorboard.summary import hparams
+
+        flat = {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in flatten(config).items()}
+        metrics = {key: 0.0 for key in ("charts/episode_return", "meta_test/episode_0/return",
+                                        "meta_test/episode_1/return", "charts/success")}
+        for summary in hparams(flat, metrics):
+            self.writer.file_writer.add_summary(summary)
 
     def _add_scalars(self, record: dict[str, Any]) -> None:
         for key, value in record.items():
@@ -62,6 +76,17 @@ class MetricLogger:
     def close(self) -> None:
         with writing(self.tensorboard):
             self.writer.close()
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"window": 5}} -> {"model.window": 5}."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= flatten(value, f"{prefix}{key}.")
+        else:
+            out[prefix + key] = value
+    return out
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

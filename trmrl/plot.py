@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from trmrl.errors import CheckpointError, ConfigError, warn
-from trmrl.log import read_metrics
+from trmrl.log import flatten, read_metrics
 from trmrl.paper import Reference, adaptation_reference, learning_references
 from trmrl.rundir import RunDir, read_json, write_text
 from trmrl.stats import Aggregate, aggregate, probability_of_improvement
@@ -284,14 +284,8 @@ NOT_CONFIG = ("seed", "run_dir", "progress", "torch_threads", "total_env_steps",
 curves are drawn where all runs of a group have points)."""
 
 
-def _flat(config: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        elif prefix + key not in NOT_CONFIG:
-            out[prefix + key] = tuple(value) if isinstance(value, list) else value
-    return out
+def _flat(config: dict) -> dict[str, object]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in flatten(config).items() if k not in NOT_CONFIG}
 
 
 def split_mixed_groups(runs: list[Run]) -> list[Run]:
