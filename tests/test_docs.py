@@ -55,3 +55,19 @@ def test_the_custom_distribution_example_trains_evaluates_and_resumes_as_shown(t
     assert "adaptation: 5 held-out tasks of ring-goals" in outputs[1]
     steps = [json.loads(line)["charts/env_steps"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert max(steps) >= 40_000  # the resume went on to the new budget
+
+
+def test_the_python_api_example_runs_as_shown(tmp_path):
+    """docs/guide.md's "From Python" block, on a small trained run."""
+    from conftest import tiny_config
+
+    from trmrl.train import train
+
+    train(tiny_config(total_env_steps=80), tmp_path / "run")
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "guide.md").read_text(), flags=re.S)
+    (code,) = [b for b in blocks if 'Agent.load("RUN_DIR")' in b]
+    result = subprocess.run([sys.executable, "-c", code.replace("RUN_DIR", str(tmp_path / "run"))], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    total, mean = map(float, result.stdout.split())
+    assert total < 0 and mean < 0  # point-nav's rewards are minus distances

@@ -339,3 +339,33 @@ def test_plot_refuses_runs_of_different_task_distributions(tmp_path):
                                           "point-nav-xy: xy"):
         plot_runs([tmp_path / "pn", tmp_path / "xy"], tmp_path / "plots")
     assert not (tmp_path / "plots").exists()
+
+
+def test_the_python_api_acts_across_a_trial_as_the_evaluator_does(tmp_path):
+    """trmrl.Agent: load a run, act step by step across a trial on a chosen task (the agent keeps
+    its memory, emptied at reset), and the returns are the evaluator's on the same task."""
+    from conftest import tiny_config
+
+    from trmrl import Agent
+    from trmrl.train import train
+
+    train(tiny_config(total_env_steps=160), tmp_path)
+    agent = Agent.load(tmp_path)
+    tasks = agent.held_out_tasks(3)
+    assert len(tasks) == 3 and all(len(t.params) == 2 for t in tasks)
+    result = agent.evaluate(tasks, episodes=3)
+    assert result.returns.shape == (3, 3) and [t.params for t in result.tasks] == [t.params for t in tasks]
+    for i, task in enumerate(tasks):
+        env = agent.make_env(task, episodes=3)
+        obs, _ = env.reset(seed=0)
+        agent.reset()
+        returns, episode, done = [0.0, 0.0, 0.0], 0, False
+        while not done:
+            obs, reward, terminated, truncated, info = env.step(agent.act(obs))
+            returns[episode] += reward
+            episode += info["episode_end"]
+            done = terminated or truncated
+        assert np.allclose(returns, result.returns[i], atol=1e-5), (returns, result.returns[i])
+    sampled = [agent.act(np.zeros(agent.make_env(tasks[0]).observation_space.shape), deterministic=False)
+               for _ in range(2)]
+    assert not np.allclose(*sampled)  # sampled actions draw from the agent's own stream

@@ -113,7 +113,8 @@ def imports(path: Path) -> set[str]:
         if id(node) in hidden:
             continue
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("trmrl"):
-            found |= {node.module, *(f"{node.module}.{a.name}" for a in node.names)}
+            # `from trmrl import checkpoint` imports the submodule; the package itself is already loaded
+            found |= {*(f"{node.module}.{a.name}" for a in node.names), *([node.module] if node.module != "trmrl" else [])}
         elif isinstance(node, ast.Import):
             found |= {a.name for a in node.names if a.name.startswith("trmrl")}
     return found

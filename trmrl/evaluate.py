@@ -264,12 +264,14 @@ class MetaTester:
         p = self.protocol
         return task_streams(self.seed, p.env_stream, p.action_stream, index, tasks)
 
-    def run(self, learner: MetaLearner | Policy[Any], index: int = 0) -> MetaTestResult:
-        """Meta-test on the protocol's tasks for evaluation number `index` (fresh tasks per index)."""
+    def run(self, learner: MetaLearner | Policy[Any], index: int = 0, tasks: Sequence[Task] | None = None
+            ) -> MetaTestResult:
+        """Meta-test on the protocol's tasks for evaluation number `index` (fresh tasks per index),
+        or on `tasks` (then n_tasks of them, with the protocol's streams)."""
         if not isinstance(learner, MetaLearner):  # a bare policy adapts in its memory, if at all
             learner = InMemoryLearner(learner)
         p = self.protocol
-        tasks = self.tasks(index)
+        tasks = self.tasks(index) if tasks is None else list(tasks)
         trials = [task for task in tasks for _ in range(p.trials_per_task)]  # a task's trials side by side
         seeds, generators = self.streams(index, range(len(trials)))
         if learner.adapts_in_memory:  # type: ignore[union-attr]
