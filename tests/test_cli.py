@@ -339,3 +339,26 @@ def test_the_config_is_in_tensorboards_hparams(tmp_path):
     events.Reload()
     content = events.PluginTagToContent("hparams")
     assert content and any(b"model.window" in value for value in content.values())
+
+
+def test_tracking_logs_the_same_keys_to_weights_and_biases_offline(tmp_path, monkeypatch):
+    """--track (offline, as on a machine without a login): the run's keys, config and versions in
+    W&B's own record of the run; a resume continues the same W&B run."""
+    from trmrl.log import read_metrics
+    from trmrl.train import train
+
+    from conftest import tiny_config
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = tiny_config(total_env_steps=160, track=True)
+    train(config, tmp_path / "run")
+    (record,) = (tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb")
+    data = record.read_bytes()
+    keys = {k for r in read_metrics(tmp_path / "run") for k in r if k != "epoch"}
+    assert all(key.encode() in data for key in keys), [k for k in keys if k.encode() not in data]
+    assert b"window" in data and b"torch" in data  # the config and the versions
+    run_id = (tmp_path / "run" / "wandb-id").read_text().strip()
+    train(config.replace(total_env_steps=240), tmp_path / "run", resume=True)
+    assert (tmp_path / "run" / "wandb-id").read_text().strip() == run_id
+    assert len(list((tmp_path / "run" / "wandb").glob(f"offline-run-*-{run_id}"))) == 2  # the same run, continued

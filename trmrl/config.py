@@ -240,6 +240,10 @@ class RunSettings:
     dist_timeout: float = 300.0
     """Several processes: seconds one waits for the others (to join, at each exchange) before the
     run stops with an error."""
+    track: bool = False
+    """Also log to Weights & Biases (`pip install 'trmrl[track]'`; project `trmrl`, the run named
+    after its directory; offline with WANDB_MODE=offline): the same keys as TensorBoard, the config
+    and versions attached."""
     imports: tuple[str, ...] = ()
     """Modules imported first in every process that reads the run (training, `trmrl eval`,
     `--resume`, `--nproc`): where your own task distributions and algorithms register themselves."""

@@ -7,10 +7,11 @@ sampling and updating), `meta_test/episode_k/return` (held-out tasks, episode k 
 from __future__ import annotations
 
 import json
+import secrets
 from pathlib import Path
 from typing import Any
 
-from trmrl.errors import CheckpointError, warn
+from trmrl.errors import CheckpointError, MissingDependencyError, warn
 from trmrl.rundir import RunDir, write_text, writing
 
 
@@ -22,7 +23,7 @@ class MetricLogger:
     """
 
     def __init__(self, run: RunDir, completed_epochs: int | None = None,
-                 hparams: dict[str, Any] | None = None) -> None:
+                 hparams: dict[str, Any] | None = None, track: bool = False) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = run.metrics
@@ -44,6 +45,10 @@ class MetricLogger:
                 self._add_scalars(record)
             if hparams is not None and completed_epochs is None:  # once, when the run starts
                 self._add_hparams(hparams)
+        self.tracker = Tracker(run, hparams or {}) if track else None
+        if self.tracker is not None:
+            for record in rewrite:
+                self.tracker.log(record)
 
     def _add_hparams(self, config: dict[str, Any]) -> None:
         """The run's config in TensorBoard's HParams tab (one flat `section.field` per column),
@@ -67,6 +72,8 @@ class MetricLogger:
             f.write(json.dumps(record) + "\n")
         with writing(self.tensorboard):
             self._add_scalars(record)
+        if self.tracker is not None:
+            self.tracker.log(record)
 
     def flush(self) -> None:
         """Write TensorBoard's queued events (before a checkpoint: a kill must not lose what it covers)."""
@@ -76,6 +83,34 @@ class MetricLogger:
     def close(self) -> None:
         with writing(self.tensorboard):
             self.writer.close()
+        if self.tracker is not None:
+            self.tracker.close()
+
+
+class Tracker:
+    """Weights & Biases beside TensorBoard: the same keys, plotted against `charts/env_steps`; one
+    W&B run per run directory (its id kept there, so a resume continues it); the config and the
+    package versions attached."""
+
+    def __init__(self, run: RunDir, config: dict[str, Any]) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise MissingDependencyError("--track logs to Weights & Biases: pip install 'trmrl[track]'") from None
+        id_file = run.root / "wandb-id"
+        run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(4)
+        write_text(id_file, run_id + "\n")
+        versions = json.loads(run.versions.read_text()) if run.versions.is_file() else {}
+        self.run = wandb.init(project="trmrl", name=run.root.name, id=run_id, resume="allow", dir=str(run.root),
+                              config=config | {"versions": versions})
+        self.run.define_metric("charts/env_steps")
+        self.run.define_metric("*", step_metric="charts/env_steps")
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.run.log({k: v for k, v in record.items() if k != "epoch"})
+
+    def close(self) -> None:
+        self.run.finish()
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -80,7 +80,8 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
         run.create(config)
     # the same seed (or checkpoint) gives every process the same start: checked, not assumed
     distributed.check_identical(algorithm.state_dict(), "parameters or optimiser states")
-    logger = MetricLogger(run, completed_epochs=start if resume else None, hparams=to_dict(config)) if main else None
+    logger = (MetricLogger(run, completed_epochs=start if resume else None, hparams=to_dict(config), track=config.track)
+              if main else None)
     e = config.eval
     tester = MetaTester(distribution, during_training(e.n_tasks, e.episodes, e.deterministic),
                         config.task.max_episode_steps, e.seed, config.task.vector_env)
