@@ -38,6 +38,8 @@ USAGE = """usage:
   trmrl eval RUN_DIR|CHECKPOINT [--protocol during-training|adaptation|ood] [--n-tasks N]
              [--episodes K] [--sampled] [--seed S] [--attention]
   trmrl plot RUN_DIR [RUN_DIR ...] [--out DIR] [--no-paper]   learning and adaptation curves over seeds
+  trmrl sweep PRESET --grid FIELD=V1,V2 [--seeds 1 2 3] [--jobs N] [--baseline FIELD=V] [--FIELD VALUE ...]
+                                              a grid x seeds, parallel and resumable: one table, one figure
   trmrl presets                               list the named presets and task distributions
   trmrl algos                                 list the algorithms (trmrl train PRESET --algo NAME)
   trmrl train PRESET --help                   every field, with its default in that preset
@@ -546,6 +548,33 @@ def eval_command(args: list[str]) -> None:
             print(f"wrote {path}")
 
 
+def sweep_command(args: list[str]) -> None:
+    from trmrl.sweep import default_jobs, sweep
+
+    parser = _Parser(prog="trmrl sweep", description="A grid of overrides x seeds: parallel, resumable, one table "
+                     "and one figure. Options it does not know are passed to every run (e.g. --total-env-steps).")
+    parser.add_argument("preset")
+    parser.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
+                        help="an axis of the grid, e.g. model.window=1,5,25 (repeat for more axes)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--jobs", type=int, default=default_jobs(), help="runs at a time (default: one per 2 cores)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: cores / jobs)")
+    parser.add_argument("--out", type=Path, default=None, help="sweep directory (default: sweeps/<preset>)")
+    parser.add_argument("--baseline", default=None, metavar="FIELD=V",
+                        help="the cell the others are compared with (probability of improvement)")
+    parser.add_argument("--only", default=None, metavar="CELL-sSEED",
+                        help="run this one run of the grid (one job of a cluster array), no report")
+    parser.add_argument("--report", action="store_true", help="only write the table and figures of finished runs")
+    ns, extra = parser.parse_known_args(args)
+    if ns.jobs < 1 or (ns.threads is not None and ns.threads < 1):
+        raise ConfigError("--jobs and --threads take a count >= 1")
+    threads = ns.threads or max(1, (os.cpu_count() or 1) // ns.jobs)
+    _parse_config(ns.preset, extra)  # the flags every run gets, checked once before anything starts
+    out = ns.out or Path("sweeps") / ns.preset
+    for path in sweep(ns.preset, ns.grid, ns.seeds, out, ns.jobs, threads, extra, ns.baseline, ns.only, ns.report):
+        print(f"wrote {path}")
+
+
 def plot_command(args: list[str]) -> None:
     from trmrl.plot import plot_runs
 
@@ -597,6 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             eval_command(args[1:])
         elif args[0] == "plot":
             plot_command(args[1:])
+        elif args[0] == "sweep":
+            sweep_command(args[1:])
         elif args[0] == "presets":
             from trmrl.presets import ALGO_PRESETS
             from trmrl.tasks import families, registered
@@ -616,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for name, (summary, _) in ALGORITHMS.items():
                 print(f"{name:<14} {summary}")
         else:
-            raise ConfigError(f"unknown command '{args[0]}'; commands: train, eval, plot, presets, algos")
+            raise ConfigError(f"unknown command '{args[0]}'; commands: train, eval, plot, sweep, presets, algos")
     except TrmrlError as exc:
         size = int(os.environ.get("WORLD_SIZE", "1"))
         rank = f"[process {os.environ.get('RANK', '0')} of {size}] " if size > 1 else ""
