@@ -7,8 +7,11 @@ goal-knowing oracle on the same held-out tasks.
     python benchmarks/point_nav_variants.py --out variants --agents W5 W1 W40   # and the trial span
     python benchmarks/point_nav_variants.py --out v --seeds 1 --total-env-steps 20000   # a smoke run
 
-Runs go to OUT/<variant>/<agent>-s<seed> (two at a time, one torch thread each; a run already
-finished there is reused); anything after `--` is passed to every `trmrl train`. The script prints
+Runs go to OUT/<variant>/<agent>-s<seed> through `trmrl sweep`'s runner (two at a time, one torch
+thread each; a run finished there is reused, an interrupted one resumed); anything after `--` is
+passed to every `trmrl train`. (A grid without this table's random/oracle columns is one
+`trmrl sweep point-nav --grid task.goal-radius=1,2 --grid task.goal-arc=180,360 --grid
+model.window=1,5` away.) The script prints
 a markdown table (mean return per episode index of the final meta-test, 50 held-out tasks x 4
 episodes; the mean over episodes with a 95% CI from a bootstrap over seeds within each task, and each seed's mean; the
 fraction of the random-to-oracle gap closed; the probability that a W5 run beats a W1 / random
@@ -20,14 +23,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 from trmrl.stats import aggregate, probability_of_improvement
+from trmrl.sweep import Cell, Job, run_job
 
 VARIANTS = {  # name: (goal radius, goal arc in degrees)
     "r1-half": (1.0, 180.0),
@@ -35,21 +37,20 @@ VARIANTS = {  # name: (goal radius, goal arc in degrees)
     "r2-half": (2.0, 180.0),
     "r2-full": (2.0, 360.0),
 }
-AGENTS = {"W5": [], "W1": ["--model.window", "1"], **{f"W{w}": ["--model.window", str(w)] for w in (10, 20, 40)}}
+AGENTS = {"W5": (), **{f"W{w}": (("model.window", str(w)),) for w in (1, 10, 20, 40)}}
 
 
 def run(out: Path, variant: str, agent: str, seed: int, budget: int | None, extra: list[str]) -> Path:
+    """One run of `trmrl sweep`'s runner (finished: reused; interrupted: resumed) in
+    OUT/<variant>/<agent>-s<seed>."""
     radius, arc = VARIANTS[variant]
-    path = out / variant / f"{agent}-s{seed}"
-    if (path / "eval" / "adaptation.json").is_file():
-        return path
-    command = [sys.executable, "-m", "trmrl.cli", "train", "point-nav", "--seed", str(seed), "--torch-threads", "1",
-               "--task.goal-radius", str(radius), "--task.goal-arc", str(arc), "--no-progress", "--run-dir", str(path),
-               *AGENTS[agent], *extra, *(["--total-env-steps", str(budget)] if budget else [])]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr}")
-    return path
+    cell = Cell((("task.goal_radius", f"{radius:g}"), ("task.goal_arc", f"{arc:g}"), *AGENTS[agent]))
+    job = Job(cell, seed, out / variant / f"{agent}-s{seed}")
+    if not job.finished():
+        _, code, error = run_job(job, "point-nav", [*extra, *(["--total-env-steps", str(budget)] if budget else [])], 1)
+        if code:
+            raise SystemExit(f"{job.name} ({variant}) failed: {error}")
+    return job.run_dir
 
 
 def load(path: Path, name: str) -> np.ndarray:
