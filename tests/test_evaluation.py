@@ -3,6 +3,7 @@ attention, and eval/plot from the command line on a run written by another proce
 
 import csv
 import json
+import re
 import math
 import subprocess
 import sys
@@ -369,3 +370,19 @@ def test_the_python_api_acts_across_a_trial_as_the_evaluator_does(tmp_path):
     sampled = [agent.act(np.zeros(agent.make_env(tasks[0]).observation_space.shape), deterministic=False)
                for _ in range(2)]
     assert not np.allclose(*sampled)  # sampled actions draw from the agent's own stream
+
+
+def test_plot_style_picks_panels_curves_and_size(tmp_path):
+    from conftest import tiny_config
+
+    from trmrl.plot import Style, plot_runs
+    from trmrl.train import train
+
+    train(tiny_config(total_env_steps=160), tmp_path / "run")
+    plot_runs([tmp_path / "run"], tmp_path / "all")
+    plot_runs([tmp_path / "run"], tmp_path / "one", style=Style(size=(4.0, 3.0), statistics=("iqm",), curves=("training",)))
+    full, one = ((tmp_path / d / "learning_curves.svg").read_text() for d in ("all", "one"))
+    assert "Mean; 95%" in full and "IQM; 95%" in full and "held-out meta-test" in full and "training episodes" in full
+    assert "Mean; 95%" not in one and "IQM; 95%" in one and "held-out meta-test" not in one and "training episodes" in one
+    width = lambda svg: float(re.search(r'<svg[^>]* width="([0-9.]+)pt"', svg).group(1))  # noqa: E731
+    assert width(one) < 0.7 * width(full)  # 4 inches asked (the tight box still holds the title), against 11

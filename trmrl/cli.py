@@ -576,7 +576,7 @@ def sweep_command(args: list[str]) -> None:
 
 
 def plot_command(args: list[str]) -> None:
-    from trmrl.plot import plot_runs
+    from trmrl.plot import Style, plot_runs
 
     parser = _Parser(prog="trmrl plot", description="Learning and adaptation curves, seeds aggregated.")
     parser.add_argument("runs", type=Path, nargs="+", metavar="RUN_DIR")
@@ -584,10 +584,21 @@ def plot_command(args: list[str]) -> None:
     parser.add_argument("--protocol", default="adaptation", help="eval result used for adaptation curves")
     parser.add_argument("--paper", action=argparse.BooleanOptionalAction, default=True,
                         help="draw the paper's points for the runs' preset (default: on)")
+    parser.add_argument("--size", type=float, nargs=2, metavar=("WIDTH", "HEIGHT"), default=None,
+                        help="figure size in inches (default: 5.5 x 4 per panel)")
+    parser.add_argument("--statistic", nargs="+", choices=["mean", "iqm"], default=["mean", "iqm"],
+                        help="one panel per statistic (default: mean and IQM)")
+    parser.add_argument("--curves", nargs="+", choices=["meta-test", "training", "protocols"],
+                        default=["meta-test", "training", "protocols"],
+                        help="learning-curve quantities: the held-out meta-test, the training episodes, the run's "
+                             "other protocols (default: all it logged)")
     ns = parser.parse_args(args)
+    if ns.size is not None and min(ns.size) <= 0:
+        raise ConfigError("--size takes a positive width and height in inches")
     if any(a == "--protocol" or a.startswith("--protocol=") for a in args):  # asked for by name: it must exist
         _check_results(ns.runs, ns.protocol)
-    for path in plot_runs(ns.runs, ns.out, ns.protocol, ns.paper):
+    style = Style(tuple(ns.size) if ns.size else None, tuple(dict.fromkeys(ns.statistic)), tuple(ns.curves))
+    for path in plot_runs(ns.runs, ns.out, ns.protocol, ns.paper, style):
         print(f"wrote {path}")
 
 

@@ -114,22 +114,35 @@ def _band(ax, x: np.ndarray, stats: list[Aggregate], which: str, label: str, col
         ax.fill_between(x, ci[:, 0], ci[:, 1], color=color, alpha=0.2, linewidth=0)
 
 
+@dataclass(frozen=True)
+class Style:
+    """How figures look: their size in inches, the statistics drawn (one panel each: 'mean',
+    'iqm'), and which learning-curve quantities ('meta-test', 'training', 'protocols')."""
+
+    size: tuple[float, float] | None = None
+    """(width, height); None: 5.5 x 4 per panel."""
+    statistics: tuple[str, ...] = ("mean", "iqm")
+    curves: tuple[str, ...] = ("meta-test", "training", "protocols")
+
+
 def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Aggregate], int]], out: Path, name: str,
             floor: np.ndarray | None = None, references: Sequence[Reference] = (),
             ylabel: str = "meta-test return", ceiling: np.ndarray | None = None,
-            resampled: str = "runs", integer_x: bool = False) -> list[Path]:
-    """Mean and IQM panels; `resampled` says what the 95% bootstrap bands resample; `integer_x`
-    for an axis of episode indices (no 0.5 ticks)."""
+            resampled: str = "runs", integer_x: bool = False, style: Style = Style()) -> list[Path]:
+    """A panel per statistic of `style` (mean, IQM); `resampled` says what the 95% bootstrap
+    bands resample; `integer_x` for an axis of episode indices (no 0.5 ticks)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    panels = style.statistics
+    fig, axes = plt.subplots(1, len(panels), figsize=style.size or (5.5 * len(panels), 4), sharey=True, squeeze=False)
+    axes = axes[0]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (label, (x, stats, n_runs)) in enumerate(sorted(groups.items())):
-        for ax, which in zip(axes, ("mean", "iqm")):
+        for ax, which in zip(axes, panels):
             runs = (f"{n_runs} runs" if n_runs >= MIN_RUNS_FOR_INTERVAL
                     else f"{n_runs} run{'s' if n_runs > 1 else ''}: too few for an interval")
             _band(ax, x, stats, which, f"{label} ({runs})", colors[i % len(colors)], n_runs)
@@ -147,7 +160,7 @@ def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Ag
         right = max(max(float(x[-1]) for x, _, _ in groups.values()), min(r.x[0] for r in references))
         for ax in axes:
             ax.set_xlim(left - 0.04 * (right - left), right + 0.04 * (right - left))
-    for ax, which in zip(axes, ("Mean", "IQM")):
+    for ax, which in zip(axes, ({"mean": "Mean", "iqm": "IQM"}[p] for p in panels)):
         ax.set_title(f"{which}; 95% bootstrap CI over {resampled} ({MIN_RUNS_FOR_INTERVAL}+ runs)", fontsize=10)
         if integer_x:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -186,15 +199,20 @@ def learning_curves(runs: list[Run], metric: str = "curve", suffix: str = ""
     return out
 
 
-def quantity_curves(runs: list[Run], metric: str) -> dict[str, tuple[np.ndarray, list[Aggregate], int]]:
+def quantity_curves(runs: list[Run], metric: str, which: Sequence[str] = Style.curves
+                    ) -> dict[str, tuple[np.ndarray, list[Aggregate], int]]:
     """Every quantity of `metric` ('return' or 'success') the runs logged, each its own curve: the
-    during-training meta-test on held-out tasks, the training episodes (the paper's MuJoCo curves
-    plot this one, docs/cheetah-vel.md), and the run's other protocols (`eval.also`)."""
+    during-training meta-test on held-out tasks ('meta-test'), the training episodes ('training';
+    the paper's MuJoCo curves plot this one, docs/cheetah-vel.md), and the run's other protocols
+    ('protocols', `eval.also`)."""
     mode = {"mean" if run.config.get("eval", {}).get("deterministic", True) else "sampled" for run in runs}
     keys = {key for run in runs for key in run.others if key.endswith(f"/{metric}") and not key.startswith("training/")}
-    curves = learning_curves(runs, f"meta_test/{metric}", f" · held-out meta-test, {'/'.join(sorted(mode))} actions")
-    curves |= learning_curves(runs, f"training/{metric}", " · training episodes, sampled actions")
-    for key in sorted(keys):
+    curves = {}
+    if "meta-test" in which:
+        curves |= learning_curves(runs, f"meta_test/{metric}", f" · held-out meta-test, {'/'.join(sorted(mode))} actions")
+    if "training" in which:
+        curves |= learning_curves(runs, f"training/{metric}", " · training episodes, sampled actions")
+    for key in sorted(keys) if "protocols" in which else ():
         curves |= learning_curves(runs, key, f" · {key.split('/')[0]} protocol")
     return curves
 
@@ -305,7 +323,8 @@ def split_mixed_groups(runs: list[Run]) -> list[Run]:
     return runs
 
 
-def plot_runs(run_dirs: list[Path], out: Path, protocol: str = "adaptation", paper: bool = True) -> list[Path]:
+def plot_runs(run_dirs: list[Path], out: Path, protocol: str = "adaptation", paper: bool = True,
+              style: Style = Style()) -> list[Path]:
     """Learning and adaptation figures of the runs; with `paper`, the paper's points for their
     preset beside them (when all runs share a preset the paper reports)."""
     runs = split_mixed_groups([load_run(path, protocol) for path in run_dirs])
@@ -321,12 +340,12 @@ def plot_runs(run_dirs: list[Path], out: Path, protocol: str = "adaptation", pap
     paths: list[Path] = []
     for metric, name, title in (("return", "learning_curves", "return per episode"),
                                 ("success", "success_curves", "success rate per episode")):
-        curves = quantity_curves(runs, metric)
+        curves = quantity_curves(runs, metric, style.curves)
         if curves:
             paths += _figure(f"Meta-training: {title} (the label says which quantity each curve is)",
                              "environment steps", curves, out, name,
                              references=[r for a in algos for r in learning_references(preset, metric, a)],
-                             ylabel=title)
+                             ylabel=title, style=style)
     adaptation = adaptation_curves(runs)
     if adaptation:
         kind = next((run.adaptation["protocol"] for run in runs if run.adaptation), protocol)  # the file's protocol
@@ -334,7 +353,7 @@ def plot_runs(run_dirs: list[Path], out: Path, protocol: str = "adaptation", pap
         paths += _figure(f"Fast adaptation ({protocol}): return per episode of a trial on held-out tasks",
                          "episode index within the trial", adaptation, out, "adaptation_curves", bound(runs),
                          references=references, ceiling=bound(runs, "oracle"),
-                         resampled="runs, within each held-out task", integer_x=True)
+                         resampled="runs, within each held-out task", integer_x=True, style=style)
         paths += improvement_table(runs, out)
     if not paths:
         raise ConfigError("nothing to plot: no meta-test in metrics.jsonl and no eval/"
