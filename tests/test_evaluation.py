@@ -384,5 +384,11 @@ def test_plot_style_picks_panels_curves_and_size(tmp_path):
     full, one = ((tmp_path / d / "learning_curves.svg").read_text() for d in ("all", "one"))
     assert "Mean; 95%" in full and "IQM; 95%" in full and "held-out meta-test" in full and "training episodes" in full
     assert "Mean; 95%" not in one and "IQM; 95%" in one and "held-out meta-test" not in one and "training episodes" in one
-    width = lambda svg: float(re.search(r'<svg[^>]* width="([0-9.]+)pt"', svg).group(1))  # noqa: E731
-    assert width(one) < 0.7 * width(full)  # 4 inches asked (the tight box still holds the title), against 11
+    import matplotlib as mpl
+
+    # the one panel's axes: 4 x 3 inches at 72 pt, less matplotlib's default margins
+    w, h = (float(v) for v in re.search(r'<clipPath[^>]*>\s*<rect x="[0-9.]+" y="[0-9.]+" width="([0-9.]+)" '
+                                            r'height="([0-9.]+)"', one).groups())
+    p = mpl.rcParams
+    assert w == pytest.approx(4 * 72 * (p["figure.subplot.right"] - p["figure.subplot.left"]), abs=0.1)
+    assert h == pytest.approx(3 * 72 * (p["figure.subplot.top"] - p["figure.subplot.bottom"]), abs=0.1)
