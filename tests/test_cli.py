@@ -288,7 +288,7 @@ def test_a_signal_stops_after_the_epoch_with_a_checkpoint_and_the_resume_is_exac
     assert without_timing(read_metrics(run)) == without_timing(read_metrics(tmp_path / "uninterrupted"))
 
 
-def test_a_config_file_under_the_flags_repeats_a_run_with_another_seed(tmp_path):
+def test_a_config_file_under_the_flags_repeats_a_run_with_another_seed(tmp_path, capsys):
     """`--config RUN/config.json --seed 2`: the run's config with another seed (and its own run
     directory); a TOML or YAML file of a few fields sits over the preset it names and under the flags."""
     from trmrl.rundir import RunDir
@@ -319,12 +319,15 @@ def test_a_config_file_under_the_flags_repeats_a_run_with_another_seed(tmp_path)
 
     (tmp_path / "bad.toml").write_text("[model]\nwindw = 3\n")
     (tmp_path / "broken.toml").write_text("[model\n")
+    from trmrl.cli import main
+
     for args, fragment in ((["--config", str(tmp_path / "bad.toml")], "windw"),
                            (["--config", str(tmp_path / "broken.toml")], "not valid TOML"),
                            (["--config", str(tmp_path / "none.toml")], "No such file"),
                            (["--config", str(tmp_path / "mine.txt")], "a .toml, .yaml, .yml or .json file"),
                            (["--config"], "--config takes a value")):
-        assert_one_error_line(trmrl("train", *args), fragment)
+        code = main(["train", *args])
+        assert_one_error_line(subprocess.CompletedProcess(args, code, "", capsys.readouterr().err), fragment)
 
 
 def test_the_config_is_in_tensorboards_hparams(tmp_path):

@@ -54,7 +54,7 @@ def test_the_custom_distribution_example_trains_evaluates_and_resumes_as_shown(t
     assert tested and all((round(x, 6), round(y, 6)) in goals for x, y in (t["params"] for t in tested))
     assert "adaptation: 5 held-out tasks of ring-goals" in outputs[1]
     steps = [json.loads(line)["charts/env_steps"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert max(steps) >= 40_000  # the resume went on to the new budget
+    assert max(steps) >= 12_800  # the resume went on to the new budget
 
 
 def test_the_python_api_example_runs_as_shown(tmp_path):

@@ -412,7 +412,8 @@ def _run_name(config: TrainConfig) -> str:
     """The preset's name, with the algorithm's when it is not the preset's own."""
     from trmrl.presets import get_preset
 
-    return config.preset if config.algo == get_preset(config.preset).algo else f"{config.preset}-{config.algo}"
+    own = get_preset(config.preset).algo
+    return config.preset if own == config.algo else f"{config.preset}-{config.algo}"
 
 
 def interrupted_message(run_dir: Path) -> str:
