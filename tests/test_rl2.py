@@ -82,9 +82,12 @@ def test_presets_pick_the_rl2_settings():
         config = get_preset(name, "rl2")
         assert config.algo == "rl2" and config.task == get_preset(name).task  # same trials as TrMRL
     c = get_preset("cheetah-vel", "rl2")  # garage's RL2PPO HalfCheetahVel example
-    assert (c.rl2.cell, c.rl2.hidden_size, c.rl2.bptt_chunk, c.rl2.init_std) == ("gru", 64, 10, 1.0)
+    assert (c.rl2.cell, c.rl2.hidden_size, c.rl2.init_std) == ("gru", 64, 1.0)
     assert (c.ppo.gamma, c.ppo.gae_lambda, c.ppo.clip_coef, c.ppo.policy_lr, c.ppo.ent_coef) == (0.99, 0.95, 0.2, 1e-3, 0.02)
-    assert c.ppo.minibatch_size // c.rl2.bptt_chunk == 32 and not c.ppo.norm_adv
+    # garage's batch_size=32 counts whole padded trials: backpropagation through the whole trial,
+    # and with 20 trials per epoch one minibatch of all of them
+    assert c.rl2.bptt_chunk == c.task.steps_per_trial == 400 and c.ppo.minibatch_size == 20 * 400
+    assert not c.ppo.norm_adv
     with pytest.raises(ConfigError, match="unknown algorithm"):
         get_preset("point-nav", "nosuch")
 
@@ -150,3 +153,29 @@ def test_rl2_beats_its_memoryless_ablation(tmp_path):
     rl2, reset, random = (np.mean(s[key]) for s, key in ((rl2, "return_per_episode"), (reset, "return_per_episode"),
                                                         (rl2, "random_return_per_episode")))
     assert rl2 > reset + 3 and reset > random, (rl2, reset, random)
+
+
+def test_the_garage_schedule_takes_ten_adam_steps_per_phase_over_whole_trials():
+    """RL^2 on a MuJoCo preset: update_epochs x one minibatch of whole trials, each chunk a trial."""
+    from trmrl.algos import make_algorithm
+    from trmrl.presets import get_preset
+    from trmrl.seeding import Stream, numpy_rng
+    from trmrl.tasks import make_task_distribution
+
+    config = get_preset("cheetah-vel", "rl2").replace(task={"tasks_per_epoch": 2, "max_episode_steps": 20},
+                                                      ppo={"minibatch_size": 2 * 40}, rl2={"bptt_chunk": 40},
+                                                      torch_threads=1)
+    dist = make_task_distribution("cheetah-vel")
+    algorithm = make_algorithm(config, dist)
+    steps = {"policy": 0, "value": 0}
+    for phase in steps:
+        optimizer = getattr(algorithm.optimizers, phase)
+        step = optimizer.step
+
+        def counting(*args, _step=step, _phase=phase, **kwargs):
+            steps[_phase] += 1
+            return _step(*args, **kwargs)
+
+        optimizer.step = counting
+    algorithm.train_iteration(dist.sample(numpy_rng(1, Stream.TRAIN_TASKS, 0), 2, "train"), 0)
+    assert steps == {"policy": 10, "value": 10} and algorithm.steps_per_epoch == 10

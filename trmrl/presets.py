@@ -146,15 +146,22 @@ PRESETS |= {
 # RL^2-PPO on the same presets (`--algo rl2`): the trial shape, task budget and evaluation stay
 # the preset's, so that both algorithms see the same data. MuJoCo: garage's RL2PPO HalfCheetahVel
 # example (examples/tf/rl2_ppo_halfcheetah.py): GRU of 64, initial std 1, gamma 0.99, GAE lambda 0.95, clip 0.2,
-# Adam lr 1e-3 (its optimiser's default), 10 passes, minibatches of 32 sequences of 10 steps,
-# entropy 0.02, no advantage normalisation. garage fits a linear feature baseline and adds the
+# Adam lr 1e-3 (its optimiser's default), 10 passes over minibatches of 32 whole trials (its
+# FirstOrderOptimizer's batch_size slices NPO's padded (trials, steps) arrays, tf/algos/npo.py:
+# with fewer trials per epoch, one minibatch of all of them, backpropagated through the whole
+# trial: 10 Adam steps per phase and epoch), entropy 0.02, no advantage normalisation. garage fits a linear feature baseline and adds the
 # entropy to the reward ('max' entropy); here a recurrent critic and an entropy loss term.
-_RL2_MUJOCO = dict(
-    rl2=RL2Config(cell="gru", hidden_size=64, bptt_chunk=10, init_std=1.0),  # GaussianGRUPolicy's default std
-    ppo=dict(gamma=0.99, gae_lambda=0.95, clip_coef=0.2, ent_coef=0.02, update_epochs=10, minibatch_size=320,
-             policy_lr=1e-3, value_lr=1e-3, policy_lr_decay=False, value_lr_decay=False, weight_decay=0.0,
-             norm_adv=False, value_loss="mse", max_grad_norm=None),
-)
+def _rl2_mujoco(task: TaskConfig) -> dict[str, Any]:
+    """garage's RL2PPO settings on a preset's trials: chunks of the whole trial, minibatches of up
+    to 32 of them."""
+    trial = task.steps_per_trial
+    return dict(
+        rl2=RL2Config(cell="gru", hidden_size=64, bptt_chunk=trial, init_std=1.0),  # GaussianGRUPolicy's default std
+        ppo=dict(gamma=0.99, gae_lambda=0.95, clip_coef=0.2, ent_coef=0.02, update_epochs=10,
+                 minibatch_size=min(32, task.tasks_per_epoch) * trial, policy_lr=1e-3, value_lr=1e-3,
+                 policy_lr_decay=False, value_lr_decay=False, weight_decay=0.0, norm_adv=False, value_loss="mse",
+                 max_grad_norm=None),
+    )
 ALGO_PRESETS: dict[tuple[str, str], tuple[str, TrainConfig]] = {
     ("point-nav", "rl2"): (
         "point-nav's PPO settings (this project) with a GRU of 64 over whole trials",
@@ -162,7 +169,7 @@ ALGO_PRESETS: dict[tuple[str, str], tuple[str, TrainConfig]] = {
                                         rl2=RL2Config(cell="gru", hidden_size=64, bptt_chunk=40, init_std=0.5)),
     ),
     **{(name, "rl2"): ("garage's RL2PPO HalfCheetahVel example on this preset's trials",
-                       with_algorithm(PRESETS[name][1], "rl2", **_RL2_MUJOCO))
+                       with_algorithm(PRESETS[name][1], "rl2", **_rl2_mujoco(PRESETS[name][1].task)))
        for name in ("cheetah-vel", "cheetah-dir", "ant-dir")},
 }
 
