@@ -4,6 +4,7 @@ import dataclasses
 import json
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 from conftest import tiny_config, without_timing
@@ -202,3 +203,29 @@ def test_plot_splits_a_group_whose_runs_are_different_experiments(tmp_path, caps
     assert "differ in model.window" in capsys.readouterr().err
     plot_runs([tmp_path / f"pn-s{s}" for s in (1, 2)], tmp_path / "plots")  # one experiment: no warning
     assert "differ" not in capsys.readouterr().err
+
+
+def test_a_runs_other_protocols_run_beside_the_meta_test_and_at_the_end(tmp_path):
+    """eval.also: logged at every meta-test as meta_test/<protocol>/return, run after training as
+    defined (its own action mode and trials) beside the final protocols, and drawn by plot."""
+    from conftest import tiny_config
+
+    from trmrl.config import EvalConfig
+    from trmrl.errors import ConfigError
+    from trmrl.log import read_metrics
+    from trmrl.plot import load_run, quantity_curves
+
+    evaluation = EvalConfig(every_epochs=2, n_tasks=4, episodes=2, final_n_tasks=4, final_episodes=3,
+                            also=("paper-metaworld",))
+    summary = train(tiny_config(eval=evaluation), tmp_path / "run")
+    paper = summary["paper-metaworld"]
+    assert (paper["n_tasks"], paper["trials_per_task"], paper["episodes"], paper["deterministic"]) == (10, 10, 1, False)
+    saved = json.loads((tmp_path / "run" / "eval" / "paper-metaworld.json").read_text())
+    assert np.array(saved["returns"]).shape == (10, 10)
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run") if "meta_test/paper-metaworld/return" in r] == [0, 2, 4]
+    labels = sorted(quantity_curves([load_run(tmp_path / "run", "adaptation")], "return"))
+    assert [label.split(" · ")[1] for label in labels] == [
+        "held-out meta-test, mean actions", "paper-metaworld protocol", "training episodes, sampled actions"]
+    with pytest.raises(ConfigError, match="unknown protocol 'nosuch'"):
+        train(tiny_config(eval=EvalConfig(also=("nosuch",))), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
