@@ -291,7 +291,7 @@ def test_a_signal_stops_after_the_epoch_with_a_checkpoint_and_the_resume_is_exac
 def test_a_config_file_under_the_flags_repeats_a_run_with_another_seed(tmp_path, capsys):
     """`--config RUN/config.json --seed 2`: the run's config with another seed (and its own run
     directory); a TOML or YAML file of a few fields sits over the preset it names and under the flags."""
-    from trmrl.rundir import RunDir
+    from trmrl.algos import read_run_config
 
     run = tmp_path / "run"
     small = ["--total-env-steps", "320", "--task.tasks-per-epoch", "8", "--eval.every-epochs", "0", "--eval.no-final",
@@ -315,7 +315,7 @@ def test_a_config_file_under_the_flags_repeats_a_run_with_another_seed(tmp_path,
     assert config.model.n_layers == 4 and config.ppo.gamma == 0.9  # the rest: the cheetah-vel preset's
     config = _parse_config("point-nav", ["--config", str(tmp_path / "mine.yaml")])
     assert (config.algo, config.rl2.hidden_size, config.rl2.bptt_chunk) == ("rl2", 8, 40)  # point-nav's rl2 settings
-    assert RunDir(run).read_config().seed == 1
+    assert read_run_config(run).seed == 1
 
     (tmp_path / "bad.toml").write_text("[model]\nwindw = 3\n")
     (tmp_path / "broken.toml").write_text("[model\n")

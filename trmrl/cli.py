@@ -365,7 +365,9 @@ def train_command(args: list[str]) -> int:
             raise ConfigError(f"a resumed run keeps its config; only --total-env-steps (to extend it), --device, "
                               f"--torch-threads, --nproc and --[no-]progress may change, not {' '.join(others)} "
                               f"(start a new run for that)")
-        config = RunDir(ns.resume).read_config()
+        from trmrl.algos import read_run_config
+
+        config = read_run_config(ns.resume)
         changes = {k: v for k, v in (("total_env_steps", ns.total_env_steps), ("progress", ns.progress),
                                      ("device", ns.device), ("torch_threads", ns.torch_threads)) if v is not None}
         config = _replace(config, **changes)

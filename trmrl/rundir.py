@@ -95,17 +95,6 @@ class RunDir:
         for partial in self.root.glob(f".{self.checkpoint.name}.*.tmp"):
             partial.unlink(missing_ok=True)
 
-    def read_config(self) -> TrainConfig:
-        """The resolved config the run was started with."""
-        from trmrl.algos import load_config
-
-        if not self.config.is_file():
-            raise CheckpointError(f"{self.root} is not a run directory (no config.json)")
-        try:
-            return load_config(json.loads(self.config.read_text()))
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise CheckpointError(f"unreadable {self.config}: {exc}") from None
-
 
 PACKAGES = ("trmrl", "torch", "numpy", "gymnasium", "mujoco", "tyro", "metaworld")
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from trmrl import checkpoint, distributed
-from trmrl.algos import load_config, make_algorithm
+from trmrl.algos import load_config, make_algorithm, read_run_config
 from trmrl.config import TrainConfig, to_dict
 from trmrl.errors import CheckpointError, ConfigError, DistributedError, DivergenceError, Interrupted
 from trmrl.evaluate import MetaTester, during_training, final_meta_test, resolve_protocol
@@ -192,7 +192,7 @@ def load_trained(path: Path) -> tuple[TrainConfig, Algorithm, RunDir]:
         raise CheckpointError(f"{file} holds an incompatible config: {exc}") from None
     run = RunDir(file.parent)
     if run.config.is_file():  # results go to this run directory: they must be of its algorithm
-        check_same_algorithm(state, run.read_config().algo, file)
+        check_same_algorithm(state, read_run_config(run.root).algo, file)
     algorithm = make_algorithm(config, make_task_distribution(config.task.name, **config.task_options()))
     algorithm.load_state_dict(state)
     return config, algorithm, run

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trmrl.config import AlgorithmConfig, TrainConfig, run_config_from_dict, sections
@@ -93,3 +95,17 @@ def load_config(data: dict[str, Any]) -> TrainConfig:
     import_modules(data.get("imports", ()))  # the run's own task distributions and algorithms
     name = data.get("algo", "trmrl")  # the oldest runs recorded no algorithm: they were TrMRL's
     return run_config_from_dict(data, config_class(name))
+
+
+def read_run_config(run_dir: Path) -> TrainConfig:
+    """The resolved config a run directory's run was started with (its config.json)."""
+    from trmrl.errors import CheckpointError
+    from trmrl.rundir import RunDir
+
+    path = RunDir(run_dir).config
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} is not a run directory (no config.json)")
+    try:
+        return load_config(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise CheckpointError(f"unreadable {path}: {exc}") from None
