@@ -179,3 +179,32 @@ def test_the_garage_schedule_takes_ten_adam_steps_per_phase_over_whole_trials():
         optimizer.step = counting
     algorithm.train_iteration(dist.sample(numpy_rng(1, Stream.TRAIN_TASKS, 0), 2, "train"), 0)
     assert steps == {"policy": 10, "value": 10} and algorithm.steps_per_epoch == 10
+
+
+def test_without_carrying_the_previous_episode_a_new_episode_starts_from_zeros_for_a_and_r():
+    """rl2.carry_previous_episode False (garage's RL2Env): at a new episode of a trial the agent sees
+    zeros for the previous action and reward, so what they were cannot change its step; with the
+    default it can. The hidden state carries the trial either way."""
+    from trmrl.nets.recurrent import RecurrentActorCritic
+    from trmrl.protocols import Starts
+
+    from trmrl.algos.rl2 import RL2Policy
+
+    obs_dim, act_dim = 3, 2
+    for carry in (True, False):
+        model = RecurrentActorCritic(obs_dim + act_dim + 2, act_dim, RL2Config(hidden_size=8, carry_previous_episode=carry),
+                                     torch.Generator().manual_seed(0))
+        policy = RL2Policy(model)
+        state = policy.initial_state(2)
+        first = torch.randn(2, obs_dim + act_dim + 2)
+        _, state = policy.act(first, state, Starts(torch.tensor([True, True]), torch.tensor([True, True])), None, True)
+        new_episode = torch.randn(1, obs_dim + act_dim + 2).repeat(2, 1)
+        new_episode[1, obs_dim : obs_dim + act_dim + 1] += 1.0  # another last action and reward, nothing else
+        same_state = tuple(s[:, :1].repeat(1, 2, 1) for s in state)  # both envs from env 0's hidden state
+        step, _ = policy.act(new_episode, same_state, Starts(torch.tensor([True, True]), torch.tensor([False, False])),
+                             None, True)
+        assert torch.allclose(step.actions[0], step.actions[1]) == (not carry)
+    from trmrl.presets import get_preset
+
+    assert not get_preset("cheetah-vel", "rl2").rl2.carry_previous_episode
+    assert get_preset("point-nav", "rl2").rl2.carry_previous_episode  # the runs of docs/results.md

@@ -156,7 +156,8 @@ def _rl2_mujoco(task: TaskConfig) -> dict[str, Any]:
     to 32 of them."""
     trial = task.steps_per_trial
     return dict(
-        rl2=RL2Config(cell="gru", hidden_size=64, bptt_chunk=trial, init_std=1.0),  # GaussianGRUPolicy's default std
+        # GaussianGRUPolicy's default std; RL2Env.reset hands zeros for a and r at a new episode
+        rl2=RL2Config(cell="gru", hidden_size=64, bptt_chunk=trial, init_std=1.0, carry_previous_episode=False),
         ppo=dict(gamma=0.99, gae_lambda=0.95, clip_coef=0.2, ent_coef=0.02, update_epochs=10,
                  minibatch_size=min(32, task.tasks_per_epoch) * trial, policy_lr=1e-3, value_lr=1e-3,
                  policy_lr_decay=False, value_lr_decay=False, weight_decay=0.0, norm_adv=False, value_loss="mse",

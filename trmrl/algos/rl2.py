@@ -23,6 +23,7 @@ Shapes: T steps, B envs, S chunks, L = bptt_chunk, O augmented observation, A ac
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from trmrl.protocols import Starts, Step
 from trmrl.sampler import Rollout, TrialSampler
 from trmrl.seeding import Stream, random_rows, torch_generator
 from trmrl.tasks import TaskDistribution
+from trmrl.trial import forget_previous_episode
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,12 @@ class RL2Policy:
     def initial_state(self, n: int) -> RecurrentState:
         return self.model.initial_state(n)
 
+    def visible(self, inputs: Tensor, episode_start: Tensor) -> Tensor:
+        """The inputs (..., O) as the policy sees them, episode_start (...)."""
+        if self.model.config.carry_previous_episode:
+            return inputs
+        return forget_previous_episode(inputs, episode_start, self.model.act_dim)
+
     def reset(self, state: RecurrentState, starts: Starts) -> RecurrentState:
         """Zero the hidden state of the envs that start a trial (kept across episode starts); of
         every env at every step under the `reset_every_step` ablation."""
@@ -74,7 +82,7 @@ class RL2Policy:
         self, inputs: Tensor, state: RecurrentState, starts: Starts, generators: Sequence[torch.Generator] | None,
         deterministic: bool = False,
     ) -> tuple[Step, RecurrentState]:
-        out, state = self.model(inputs[None], self.reset(state, starts))
+        out, state = self.model(self.visible(inputs, starts.episode)[None], self.reset(state, starts))
         mean = out.mean[0]
         if deterministic:
             action = mean
@@ -86,7 +94,7 @@ class RL2Policy:
     @torch.no_grad()
     def value(self, inputs: Tensor, state: RecurrentState, starts: Starts) -> Tensor:
         _, critic_state = self.model.split(self.reset(state, starts))
-        return self.model.critic_forward(inputs[None], critic_state)[0][0]
+        return self.model.critic_forward(self.visible(inputs, starts.episode)[None], critic_state)[0][0]
 
 
 class _ChunkStartRecorder:
@@ -220,6 +228,7 @@ class RL2(InMemoryPPO):
     def update(self, rollout: Rollout, epoch: int, generator: torch.Generator) -> tuple[dict[str, float], int]:
         # each process recorded the states of its own tasks: gather them in task order, as the rollout
         n_tasks = rollout.rewards.shape[1]
+        rollout = dataclasses.replace(rollout, obs=self.policy.visible(rollout.obs, rollout.episode_start))
         states = [distributed.gather_columns(torch.stack(h), n_tasks, dim=2).unbind(0) for h in zip(*self.recorder.states)]
         chunks = make_chunks(rollout.to(self.policy.device), list(zip(*states)), self.config.rl2.bptt_chunk,
                              self.config.ppo)

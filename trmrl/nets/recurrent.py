@@ -45,6 +45,10 @@ class RL2Config:
     reset_every_step: bool = False
     """Ablation: reset the hidden state at every step, leaving the agent no memory (RL^2's
     counterpart of TrMRL's window of 1). Needs rl2.bptt_chunk 1."""
+    carry_previous_episode: bool = True
+    """At a new episode of a trial the input carries the previous episode's last action and reward
+    (the trial env's report); False: zeros, as garage's RL2Env.reset gives them (the boundary flag
+    stays; the hidden state carries the trial either way)."""
 
     def __post_init__(self) -> None:
         require(self.hidden_size >= 1, "rl2.hidden_size must be >= 1")
