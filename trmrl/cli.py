@@ -125,7 +125,7 @@ def _starting_config(preset: str | None, args: Sequence[str]) -> TrainConfig:
     file = _option_value(args, "--config")
     data = read_config_file(Path(file)) if file else {}
     preset = preset or data.get("preset") or DEFAULT_PRESET
-    base = get_preset(preset, _algo_argument(args) or data.get("algo"))
+    base = get_preset(preset, _option_value(args, "--algo") or data.get("algo"))
     if not data:
         return base
     changes = {k: v for k, v in data.items() if k not in ("run_dir", "algo")} | {"preset": preset}
@@ -245,16 +245,6 @@ def _flag_pair(option: str, known: set[str]) -> tuple[str, str] | None:
     on = prefix + last.removeprefix("no-")
     off = prefix + "no-" + last.removeprefix("no-")
     return (on, off) if on in known and off in known else None
-
-
-def _algo_argument(args: Sequence[str]) -> str | None:
-    """The value of --algo, if given: it picks the preset's settings for that algorithm."""
-    for i, arg in enumerate(args):
-        if arg == "--algo" and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith("--algo="):
-            return arg.split("=", 1)[1]
-    return None
 
 
 def _imports_argument(args: Sequence[str]) -> list[str]:
