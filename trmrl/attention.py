@@ -1,5 +1,6 @@
 """Which past working memories the agent attends to as it adapts: the attention of the newest
-position over the window, per layer, for every step of one trial."""
+position over the window (or, with 'whole' memory, over everything since the last clear), per
+layer, for every step of one trial."""
 
 from __future__ import annotations
 
@@ -28,19 +29,36 @@ def attention_by_age(model: ActorCritic, windows: torch.Tensor, lengths: torch.T
     return torch.where(valid[:, None, None, :], by_age, torch.nan).numpy()
 
 
-def save_attention(model: ActorCritic, rollout: Rollout, windows: torch.Tensor, lengths: torch.Tensor, task: Task,
-                   out_dir: Path) -> list[Path]:
-    """attention.npz and attention.png of one trial of `task` (`rollout` with one env; windows
-    (T, 1, W, O) and lengths (T, 1): what the policy held at each step)."""
+@torch.no_grad()
+def sequence_attention_by_age(model: ActorCritic, inputs: torch.Tensor, lengths: torch.Tensor) -> np.ndarray:
+    """'whole' memory: sequences of inputs (S, L, O) with lengths (S,) -> (S, L, layers, heads, L):
+    the attention of the step at each position to the memory of age a, from one causal pass; NaN
+    where no memory of that age exists (and at padding)."""
+    c = model.config
+    _, attention = model.transformer.over_sequences(model.embedding(inputs), lengths, c.positions, c.context,
+                                                    need_weights=True)
+    steps = inputs.shape[1]
+    query = torch.arange(steps)[:, None]
+    ages = torch.arange(steps)[None, :]
+    key = (query - ages).clamp(min=0)  # (L queries, L ages): the key position holding each age
+    weights = torch.stack(attention, dim=2).permute(0, 3, 2, 1, 4)  # (S, L queries, layers, H, L keys)
+    by_age = weights.gather(4, key[None, :, None, None, :].expand_as(weights))
+    exists = (ages <= query)[None] & (query < lengths[:, None, None])  # (S, L, L)
+    return torch.where(exists[:, :, None, None, :], by_age, torch.nan).numpy()
+
+
+def save_attention(weights: np.ndarray, lengths: np.ndarray, rollout: Rollout, task: Task, out_dir: Path) -> list[Path]:
+    """attention.npz and attention.png of one trial of `task` (`rollout` with one env): weights
+    (T, layers, heads, ages) as `attention_by_age` gives them and the number of memories the
+    policy held at each step, lengths (T,)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    weights = attention_by_age(model, windows[:, 0], lengths[:, 0])  # (T, L, H, W)
     out_dir.mkdir(parents=True, exist_ok=True)
     npz = out_dir / "attention.npz"
-    np.savez(npz, weights=weights, lengths=lengths[:, 0].numpy(), rewards=rollout.rewards[:, 0].numpy(),
+    np.savez(npz, weights=weights, lengths=lengths, rewards=rollout.rewards[:, 0].numpy(),
              episode_start=rollout.episode_start[:, 0].numpy(), task=np.array(task.params))
     mean_heads = weights.mean(axis=2)  # (T, L, W); NaN beyond the valid length in every head alike
     layers = mean_heads.shape[1]

@@ -58,3 +58,44 @@ class Rollout:
                 return None
             return torch.cat(parts, dim=1 if parts[0].dim() > 1 else 0)
         return cls(**{f.name: cat(f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
+class Sequences:
+    """Where a rollout's (T, B) steps fall when each env's column is cut into sequences:
+    sequence s is env[s]'s steps time[:, s] (L, S), of which the first length[s] are its own
+    (the rest repeat its last step and are padding). Env-major, in time order within an env."""
+
+    time: Tensor  # (L, S)
+    env: Tensor  # (S,)
+    length: Tensor  # (S,)
+
+    @property
+    def valid(self) -> Tensor:
+        """(L, S) bool: the sequences' own steps."""
+        return torch.arange(self.time.shape[0], device=self.length.device)[:, None] < self.length[None, :]
+
+    def gather(self, x: Tensor) -> Tensor:
+        """x (T, B, ...) -> (L, S, ...)."""
+        return x[self.time, self.env[None, :].expand_as(self.time)]
+
+
+def cut_sequences(cut: Tensor, padded_length: int | None = None) -> Sequences:
+    """Cut every env's column of (T, B) steps where `cut` is True (a sequence starts there; step
+    0 always starts one). Padded to `padded_length` (default: the longest sequence).
+
+        step    0  1  2  3  4  5      cut at 0 and 3: sequences [0 1 2] and [3 4 5]
+    """
+    steps = cut.shape[0]
+    device = cut.device
+    starts = cut.clone()
+    starts[0] = True
+    env, start = starts.T.nonzero(as_tuple=True)  # (S,) each
+    # a sequence ends at the next start of the same env, or at T
+    same_env_next = torch.cat([env[1:] == env[:-1], torch.tensor([False], device=device)])
+    following = torch.cat([start[1:], torch.tensor([steps], device=device)])
+    length = torch.where(same_env_next, following, steps) - start
+    padded = int(length.max()) if padded_length is None else padded_length
+    time = (start[None, :] + torch.arange(padded, device=device)[:, None]).clamp(max=steps - 1)
+    time = torch.minimum(time, (start + length - 1)[None, :])
+    return Sequences(time, env, length)

@@ -37,6 +37,7 @@ from trmrl.algos.common import InMemoryPPO, TwoPhaseOptimizers
 from trmrl.config import OnPolicyConfig, PPOConfig, TrainConfig
 from trmrl.nets.recurrent import RecurrentActorCritic, RecurrentState, RL2Config
 from trmrl.protocols import Starts, Step
+from trmrl.rollout import cut_sequences
 from trmrl.sampler import Rollout, TrialSampler
 from trmrl.seeding import Stream, random_rows, torch_generator
 from trmrl.tasks import TaskDistribution
@@ -145,18 +146,10 @@ def make_chunks(rollout: Rollout, chunk_states: Sequence[RecurrentState], chunk:
     """Cut every env's rollout at each multiple of `chunk` and at each trial start (see the module
     docstring); advantages and returns over whole trials."""
     advantages, returns = ppo.advantages_and_returns(rollout, config)
-    steps = rollout.rewards.shape[0]
     cut = rollout.trial_start.clone()  # (T, B)
     cut[::chunk] = True
-    env, start = cut.T.nonzero(as_tuple=True)  # (S,) each: env-major, steps ascending within an env
-    # a chunk ends at the next cut of the same env, or at T
-    device = start.device
-    following = torch.cat([start[1:], torch.tensor([steps], device=device)])
-    end = torch.where(torch.cat([env[1:] == env[:-1], torch.tensor([False], device=device)]), following, steps)
-    offset = torch.arange(chunk, device=device)[:, None]
-    valid = offset < (end - start)[None, :]  # (L, S)
-    t = (start[None, :] + offset).clamp(max=steps - 1)
-    gather = lambda x: x[t, env[None, :].expand_as(t)]  # noqa: E731
+    sequences = cut_sequences(cut, chunk)
+    start, env, valid, gather = sequences.time[0], sequences.env, sequences.valid, sequences.gather
     recorded = [torch.stack([s[j] for s in chunk_states], dim=1) for j in range(len(chunk_states[0]))]  # (1, C, B, H)
     at_boundary = start % chunk == 0
     initial = tuple(torch.where(at_boundary[None, :, None], r[0][start // chunk, env][None], 0.0) for r in recorded)

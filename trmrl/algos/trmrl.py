@@ -26,11 +26,13 @@ from torch import Tensor
 
 from trmrl import distributed, ppo
 from trmrl.algos.common import InMemoryPPO, TwoPhaseOptimizers
-from trmrl.attention import save_attention
+from trmrl.attention import attention_by_age, save_attention, sequence_attention_by_age
 from trmrl.config import OnPolicyConfig, PPOConfig, TrainConfig
 from trmrl.memory import Window, gather_windows
-from trmrl.nets.policy import ActorCritic, MemoryScope, ModelConfig
+from trmrl.nets.policy import MIN_LOG_STD, ActorCritic, MemoryScope, ModelConfig, PolicyOutput, gaussian_entropy
+from trmrl.nets.transformer import KVCache
 from trmrl.protocols import Starts, Step
+from trmrl.rollout import cut_sequences
 from trmrl.sampler import Rollout, TrialSampler
 from trmrl.seeding import Stream, random_rows, torch_generator
 from trmrl.tasks import TaskDistribution
@@ -82,18 +84,47 @@ class TrMRLPolicy:
         deterministic: bool = False,
     ) -> tuple[Step, Window]:
         state = self._pushed(inputs, state, starts)
-        out = self.model(state.buffer, state.length)
+        return self._step(self.model(state.buffer, state.length), generators, deterministic), state
+
+    def _step(self, out: PolicyOutput, generators: Sequence[torch.Generator] | None, deterministic: bool) -> Step:
         if deterministic:
             action = out.mean
         else:
             assert generators is not None, "sampled actions need one generator per env"
             action = out.mean + out.log_std.exp() * random_rows(generators, out.mean.shape[1:], device=self.device)
-        return Step(action, out.log_prob(action), out.value), state
+        return Step(action, out.log_prob(action), out.value)
 
     @torch.no_grad()
     def value(self, inputs: Tensor, state: Window, starts: Starts) -> Tensor:
         state = self._pushed(inputs, state, starts)
         return self.model.value(state.buffer, state.length)
+
+
+class WholeMemoryPolicy(TrMRLPolicy):
+    """The acting agent with 'whole' memory: `Policy[KVCache]`. Its state holds every layer's keys
+    and values since the scope's last clear, so a step runs one new position per layer; `act`
+    updates the cache in place, `value` reads a copy."""
+
+    def initial_state(self, n: int) -> KVCache:  # type: ignore[override]
+        return self.model.empty_cache(n)
+
+    @torch.no_grad()
+    def act(  # type: ignore[override]
+        self, inputs: Tensor, state: KVCache, starts: Starts, generators: Sequence[torch.Generator] | None,
+        deterministic: bool = False,
+    ) -> tuple[Step, KVCache]:
+        state.restart(self.clears(starts))
+        out = self.model.step(self.visible(inputs, starts.episode), state)
+        return self._step(out, generators, deterministic), state
+
+    @torch.no_grad()
+    def value(self, inputs: Tensor, state: KVCache, starts: Starts) -> Tensor:  # type: ignore[override]
+        inputs = self.visible(inputs, starts.episode)
+        if not self.model.config.share_network:  # V of the input alone: no memory to read
+            return self.model.value_of(inputs, inputs)
+        cache = state.copy()
+        cache.restart(self.clears(starts))
+        return self.model.step(inputs, cache).value
 
 
 @dataclass
@@ -129,6 +160,78 @@ def make_batch(rollout: Rollout, config: PPOConfig, policy: TrMRLPolicy) -> Batc
                  flat(advantages), flat(returns), flat(rollout.values))
 
 
+@dataclass
+class TrialSequences:
+    """'whole' memory: the epoch's samples as S sequences, each from a clear of the memory (a
+    trial start; every episode start under the 'episode' scope) to the next, padded to L."""
+
+    inputs: Tensor  # (S, L, O) as the policy saw them
+    lengths: Tensor  # (S,)
+    valid: Tensor  # (S, L) bool
+    actions: Tensor  # (S, L, A)
+    log_probs: Tensor  # (S, L)
+    advantages: Tensor  # (S, L)
+    returns: Tensor  # (S, L)
+    values: Tensor  # (S, L) at sampling time
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def make_sequences(rollout: Rollout, config: PPOConfig, policy: TrMRLPolicy) -> TrialSequences:
+    """Advantages and returns over trials, and the rollout cut where the policy's memory was
+    cleared: each sequence is one causal pass of the update."""
+    advantages, returns = ppo.advantages_and_returns(rollout, config)
+    starts = Starts(rollout.episode_start, rollout.trial_start)
+    cut = cut_sequences(policy.clears(starts))
+    batch_major = lambda x: cut.gather(x).transpose(0, 1)  # noqa: E731
+    inputs = policy.visible(rollout.obs, rollout.episode_start)
+    return TrialSequences(batch_major(inputs), cut.length, cut.valid.T, batch_major(rollout.actions),
+                          batch_major(rollout.log_probs), batch_major(advantages), batch_major(returns),
+                          batch_major(rollout.values))
+
+
+def sequence_update(
+    model: ActorCritic,
+    policy_optimizer: torch.optim.Optimizer,
+    value_optimizer: torch.optim.Optimizer,
+    batch: TrialSequences,
+    config: PPOConfig,
+    generator: torch.Generator,
+    schedules: tuple[ppo.LRSchedule, ppo.LRSchedule],
+    first_step: int,
+    per_minibatch: int,
+) -> dict[str, float]:
+    """`ppo.ppo_update` over the epoch's sequences, `per_minibatch` whole sequences a step, each
+    in one causal pass."""
+
+    def policy_terms(index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        valid = batch.valid[index]
+        memory = model.sequence_memories(batch.inputs[index], batch.lengths[index])[valid]  # (n, D)
+        out = model.output(memory, batch.inputs[index][valid])
+        return out.log_prob(batch.actions[index][valid]), batch.log_probs[index][valid], \
+            batch.advantages[index][valid], out.entropy()
+
+    def value_terms(index: Tensor) -> tuple[Tensor, Tensor]:
+        valid, inputs = batch.valid[index], batch.inputs[index]
+        memory = model.sequence_memories(inputs, batch.lengths[index]) if model.config.share_network else inputs
+        return model.value_of(memory[valid], inputs[valid]), batch.returns[index][valid]
+
+    stats = ppo.ppo_update(
+        len(batch), per_minibatch,
+        (ppo.Phase(policy_optimizer, list(model.policy_parameters()), schedules[0]), policy_terms),
+        (ppo.Phase(value_optimizer, list(model.value_parameters()), schedules[1]), value_terms),
+        model.value_log_std, config, generator, first_step, lambda index: batch.advantages[index][batch.valid[index]])
+    stats["losses/explained_variance"] = ppo.explained_variance(batch.values[batch.valid], batch.returns[batch.valid])
+    return stats | _policy_charts(model)
+
+
+def _policy_charts(model: ActorCritic) -> dict[str, float]:
+    with torch.no_grad():
+        log_std = model.log_std.clamp(min=MIN_LOG_STD).expand(model.act_dim)
+        return {"losses/entropy": float(gaussian_entropy(log_std)), "charts/action_std": float(model.log_std.exp().mean())}
+
+
 def ppo_update(
     model: ActorCritic,
     policy_optimizer: torch.optim.Optimizer,
@@ -154,10 +257,7 @@ def ppo_update(
         (ppo.Phase(value_optimizer, list(model.value_parameters()), schedules[1]), value_terms),
         model.value_log_std, config, generator, first_step, lambda index: batch.advantages[index])
     stats["losses/explained_variance"] = ppo.explained_variance(batch.values, batch.returns)
-    with torch.no_grad():
-        stats["losses/entropy"] = float(model(batch.windows[:1], batch.lengths[:1]).entropy())
-        stats["charts/action_std"] = float(model.log_std.exp().mean())
-    return stats
+    return stats | _policy_charts(model)
 
 
 class TrMRL(InMemoryPPO):
@@ -174,21 +274,41 @@ class TrMRL(InMemoryPPO):
         self.model = ActorCritic(self.sampler.obs_dim, self.sampler.act_dim, config.model,
                                  torch_generator(config.seed, Stream.INIT)).to(distributed.device())
         self.optimizers = TwoPhaseOptimizers.create(self.model, config.ppo)
-        self.policy = TrMRLPolicy(self.model, config.model.memory_scope)
+        whole, scope = config.model.memory == "whole", config.model.memory_scope
+        self.policy = (WholeMemoryPolicy if whole else TrMRLPolicy)(self.model, scope)
         samples = t.tasks_per_epoch * t.steps_per_trial
         self.schedules = ppo.lr_schedules(config.ppo, samples)
         # gradient steps per phase and epoch: the LR schedule's clock, derived, so resuming needs no counter
-        self.steps_per_epoch = config.ppo.update_epochs * math.ceil(samples / config.ppo.minibatch_size)
+        items, per_minibatch = samples, config.ppo.minibatch_size
+        if whole:  # minibatches of whole sequences (one per trial, or per episode), as many as fit
+            length = t.max_episode_steps if scope == "episode" else t.steps_per_trial
+            items = t.tasks_per_epoch * t.steps_per_trial // length
+            per_minibatch = self.sequences_per_minibatch = max(1, config.ppo.minibatch_size // length)
+        self.steps_per_epoch = config.ppo.update_epochs * math.ceil(items / per_minibatch)
 
     def save_attention(self, tester: MetaTester, out_dir: Path) -> list[Path]:
         """One trial of the tester's first task; the attention of each step's newest memory."""
         p, task = tester.protocol, tester.tasks()[0]
         rollout = tester.sampler.collect(self.policy, [task], *tester.streams(0, [0]), p.deterministic)
-        windows, lengths = make_windows(rollout, self.policy)
-        return save_attention(self.model, rollout, windows, lengths, task, out_dir)
+        if self.config.model.memory == "whole":
+            sequences = make_sequences(rollout, self.config.ppo, self.policy)
+            by_age = sequence_attention_by_age(self.model, sequences.inputs, sequences.lengths)
+            weights = by_age[sequences.valid.numpy()]  # (T, layers, heads, L): one env, in time order
+            lengths = (sequences.valid.cumsum(1)[sequences.valid]).numpy()
+        else:
+            windows, lengths_t = make_windows(rollout, self.policy)
+            weights, lengths = attention_by_age(self.model, windows[:, 0], lengths_t[:, 0]), lengths_t[:, 0].numpy()
+        return save_attention(weights, lengths, rollout, task, out_dir)
 
     def update(self, rollout: Rollout, epoch: int, generator: torch.Generator) -> tuple[dict[str, float], int]:
-        batch = make_batch(rollout.to(self.policy.device), self.config.ppo, self.policy)
-        metrics = ppo_update(self.model, self.optimizers.policy, self.optimizers.value, batch, self.config.ppo,
-                             generator, self.schedules, epoch * self.steps_per_epoch)
+        rollout, first_step = rollout.to(self.policy.device), epoch * self.steps_per_epoch
+        optimizers, config = self.optimizers, self.config.ppo
+        if self.config.model.memory == "whole":
+            sequences = make_sequences(rollout, config, self.policy)
+            metrics = sequence_update(self.model, optimizers.policy, optimizers.value, sequences, config, generator,
+                                      self.schedules, first_step, self.sequences_per_minibatch)
+            return metrics, int(sequences.valid.sum())
+        batch = make_batch(rollout, config, self.policy)
+        metrics = ppo_update(self.model, optimizers.policy, optimizers.value, batch, config, generator,
+                             self.schedules, first_step)
         return metrics, len(batch)

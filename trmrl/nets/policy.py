@@ -17,10 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from trmrl.config import require
-from trmrl.nets.transformer import CausalTransformer, initialize
+from trmrl.nets.transformer import CausalTransformer, Encoding, KVCache, initialize
 
 MIN_LOG_STD = math.log(1e-6)
 MemoryScope = Literal["episode", "trial"]
+MemoryKind = Literal["window", "whole"]
 TFixup = Literal["code", "paper", "off"]
 
 
@@ -58,6 +59,17 @@ class ModelConfig:
     share_network: bool = False
     """True: the value head reads the policy's latest memory (gradients reach the transformer).
     False: a separate value MLP reads the single augmented observation."""
+    memory: MemoryKind = "window"
+    """Which working memories the transformer attends over: 'window', the last W, each step's
+    window run anew (the paper); 'whole', every one since the scope's last clear (with the
+    'trial' scope the whole trial), in one causal pass per trial in the update and with a
+    key/value cache while acting (`window` is then unused)."""
+    positions: Encoding = "sinusoidal"
+    """'whole' memory: how positions are told apart: 'sinusoidal' (the paper's), 'none',
+    'alibi' or 'rotary' (these two see distances only). Windows use the paper's sinusoids."""
+    context: int | None = None
+    """'whole' memory: attend to at most this many most recent working memories (the cache
+    rolls); None: every one since the last clear."""
     newest_only_last_layer: bool = True
     """Compute the last layer at the newest position only (the only output read); same result,
     fewer FLOPs. False runs every position through every layer, as the original code."""
@@ -71,6 +83,12 @@ class ModelConfig:
         )
         require(self.window >= 1, f"model.window must be >= 1 (got {self.window})")
         require(self.init_std > 0, "model.init_std must be > 0")
+        if self.memory == "window":
+            require(self.positions == "sinusoidal" and self.context is None,
+                    "model.positions and model.context apply to model.memory 'whole' only")
+        require(self.context is None or self.context >= 1, f"model.context must be >= 1 (got {self.context})")
+        require(self.positions != "rotary" or (self.d_model // self.n_heads) % 2 == 0,
+                "model.positions 'rotary' needs an even head width (model.d_model / model.n_heads)")
 
 
 
@@ -148,6 +166,30 @@ class ActorCritic(nn.Module):
         memory = self.latest_memory(windows, lengths)
         log_std = self.log_std.clamp(min=MIN_LOG_STD).expand(self.act_dim)  # (A,), a view of a shared one
         return PolicyOutput(self.head(memory), log_std, self.value(windows, lengths, memory))
+
+    def output(self, memory: Tensor, inputs: Tensor) -> PolicyOutput:
+        """The policy and value of latest memories (..., D) whose newest inputs are (..., O)."""
+        log_std = self.log_std.clamp(min=MIN_LOG_STD).expand(self.act_dim)
+        return PolicyOutput(self.head(memory), log_std, self.value_of(memory, inputs))
+
+    def value_of(self, memory: Tensor, inputs: Tensor) -> Tensor:
+        """V (...,) from the latest memories (..., D) when shared, else from the inputs (..., O)."""
+        return self.value_net(memory if self.config.share_network else inputs).squeeze(-1)
+
+    def sequence_memories(self, inputs: Tensor, lengths: Tensor) -> Tensor:
+        """'whole' memory: every step's latest memory (N, S, D) of sequences of inputs (N, S, O)
+        with lengths (N,), in one causal pass."""
+        c = self.config
+        return self.transformer.over_sequences(self.embedding(inputs), lengths, c.positions, c.context)[0]
+
+    def step(self, inputs: Tensor, cache: KVCache) -> PolicyOutput:
+        """'whole' memory: the policy and value at one new input (B, O) per sequence, after those
+        in `cache` (which takes it in)."""
+        return self.output(self.transformer.step(self.embedding(inputs), cache, self.config.positions), inputs)
+
+    def empty_cache(self, n: int) -> KVCache:
+        c = self.config
+        return KVCache.empty(n, c.n_layers, c.n_heads, c.d_model // c.n_heads, c.context, self.log_std.device)
 
     def value(self, windows: Tensor, lengths: Tensor, memory: Tensor | None = None) -> Tensor:
         """V (N,): from the latest memory when shared (computed unless given), else from the
