@@ -72,6 +72,13 @@ def test_a_grid_runs_survives_a_failing_cell_resumes_after_a_kill_and_tables_its
         row = rows[f"model.window={window}"]
         assert int(row["runs"]) == 2 and float(row["mean"]) == pytest.approx(aggregate(scores).mean, abs=1e-4)
     assert rows["model.window=1"]["p_beats_baseline"] and not rows["model.window=3"]["p_beats_baseline"]
+    # and by episode of the trial: episode k's mean over seeds and tasks
+    by_episode = np.stack([np.array(json.loads((out / "runs" / f"window-3-s{s}" / "eval" / "adaptation.json")
+                                               .read_text())["returns"]) for s in (1, 2)])  # (seeds, tasks, episodes)
+    line = next(x for x in (out / "table.md").read_text().split("By episode")[1].splitlines()
+                if x.startswith("| model.window=3 |"))
+    assert [float(c.split(" [")[0]) for c in line.split(" | ")[1:]] == pytest.approx(
+        list(by_episode.mean(axis=(0, 1))), abs=0.006)
     assert (out / "plots" / "learning_curves.png").is_file() and (out / "plots" / "adaptation_curves.png").is_file()
 
     # run again: everything finished is skipped; a cell that cannot run is reported, the others complete

@@ -162,12 +162,32 @@ def sweep(preset: str, grid: list[str], seeds: list[int], out: Path, jobs: int, 
 
 
 def _scores(job: Job) -> tuple[np.ndarray, list] | None:
-    """A finished run's return per held-out task (mean over its evaluation episodes), and the tasks."""
+    """A finished run's return per held-out task and evaluation episode (tasks, episodes), and
+    the tasks."""
     if not job.finished():
         return None
     result = json.loads(RunDir(job.run_dir).eval_result(RESULT).read_text())
-    returns = np.array(result["returns"], dtype=float)[:, result.get("adaptation_episodes", 0):]
-    return np.nanmean(returns, axis=1), result["tasks"]
+    return np.array(result["returns"], dtype=float)[:, result.get("adaptation_episodes", 0):], result["tasks"]
+
+
+def _per_episode_table(rows: list[dict], by_episode: dict[str, np.ndarray]) -> str:
+    """Markdown: per cell, the return of each evaluation episode, mean [95% CI over seeds]."""
+    episodes = max((scores.shape[2] for scores in by_episode.values()), default=0)
+    lines = ["| cell | " + " | ".join(f"episode {k}" for k in range(episodes)) + " |",
+             "|---|" + "---|" * episodes]
+    for row in rows:
+        if row["cell"] not in by_episode:
+            continue
+        scores = by_episode[row["cell"]]  # (runs, tasks, episodes)
+        cells = []
+        for k in range(episodes):
+            if k >= scores.shape[2]:
+                cells.append("")
+                continue
+            stats = aggregate(scores[:, :, k])
+            cells.append(f"{stats.mean:.2f} [{stats.mean_ci[0]:.2f}, {stats.mean_ci[1]:.2f}]")
+        lines.append(f"| {row['cell']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def report(cells: list[Cell], jobs: list[Job], out: Path, baseline: Cell | None, echo=print) -> list[Path]:
@@ -176,12 +196,14 @@ def report(cells: list[Cell], jobs: list[Job], out: Path, baseline: Cell | None,
 
     rows = []
     by_cell: dict[Cell, np.ndarray] = {}
+    by_episode: dict[str, np.ndarray] = {}
     for cell in cells:
         found = [s for job in jobs if job.cell == cell and (s := _scores(job)) is not None]
         if not found:
             rows.append({"cell": cell.label, "runs": 0})
             continue
-        scores = np.stack([s for s, _ in found])  # (runs, tasks)
+        by_episode[cell.label] = np.stack([s for s, _ in found])  # (runs, tasks, episodes)
+        scores = np.nanmean(by_episode[cell.label], axis=2)  # (runs, tasks): mean over the episodes
         by_cell[cell] = scores
         stats = aggregate(scores)
         per_run = scores.mean(axis=1)
@@ -215,7 +237,8 @@ def report(cells: list[Cell], jobs: list[Job], out: Path, baseline: Cell | None,
     text = "\n".join(lines) + "\n"
     write_text(out / "table.md", f"Final protocol '{RESULT}': return per episode on held-out tasks, mean over "
                                  f"each run's evaluation episodes and tasks; CIs: stratified bootstrap over seeds "
-                                 f"within tasks.\n\n{text}")
+                                 f"within tasks.\n\n{text}\nBy episode of the trial:\n\n"
+                                 f"{_per_episode_table(rows, by_episode)}")
     echo(text.rstrip())
     finished = [job.run_dir for job in jobs if job.finished()]
     paths = [out / "table.csv", out / "table.md"]
