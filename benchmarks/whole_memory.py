@@ -47,7 +47,8 @@ def measure(preset: str, repeats: int, ml1_tasks: int) -> list[list[object]]:
     rows: list[list[object]] = []
     base_epoch = None
     for name, records in times.items():
-        median = lambda key: statistics.median(r[key] for r in records)  # noqa: E731
+        def median(key: str, records: list[dict[str, float]] = records) -> float:
+            return statistics.median(r[key] for r in records)
         sampling, update = median("time/sampling"), median("time/update")
         epoch_s = sampling + update
         base_epoch = base_epoch or epoch_s

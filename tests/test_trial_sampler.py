@@ -95,6 +95,29 @@ def test_rollout_flags_and_episode_returns_with_a_scripted_policy():
     assert "charts/actions_clipped" not in rollout_metrics(rollout)
 
 
+def test_trials_of_a_random_length():
+    """`task.min_episodes_per_trial`: each trial draws 1..3 episodes from its env's seeded stream;
+    the rollout stays 3 x 4 steps, a new trial starting where one ends; the same seed, the same
+    lengths."""
+    dist = make_task_distribution("point-nav")
+    lengths = []
+    for seed in range(6):
+        sampler = TrialSampler(dist, n_envs=1, episodes_per_trial=3, max_episode_steps=4, min_episodes=1)
+        rollout = sampler.collect(ConstantPolicy(), [GOAL], [seed], None, steps=60)
+        starts = rollout.trial_start[:, 0].nonzero().flatten()
+        episodes = [int(rollout.episode_start[a:b, 0].sum()) for a, b in zip(starts, starts[1:])]
+        again = TrialSampler(dist, n_envs=1, episodes_per_trial=3, max_episode_steps=4, min_episodes=1).collect(
+            ConstantPolicy(), [GOAL], [seed], None, steps=60)
+        assert torch.equal(again.trial_start, rollout.trial_start)
+        after_end = rollout.trial_end[:, 0].nonzero().flatten() + 1
+        assert after_end[after_end < 60].tolist() == starts[1:].tolist()
+        lengths += episodes
+    assert set(lengths) == {1, 2, 3}  # 1 in 3 of about 60 trials each: all three lengths occur
+    fixed = TrialSampler(dist, n_envs=1, episodes_per_trial=3, max_episode_steps=4).collect(
+        ConstantPolicy(), [GOAL], [0], None, steps=60)
+    assert fixed.trial_start[:, 0].nonzero().flatten().tolist() == list(range(0, 60, 12))
+
+
 def test_random_policy_stays_in_the_action_box():
     policy = RandomPolicy(np.array([-1.0, -2.0]), np.array([1.0, 0.0]))
     starts = Starts(torch.ones(500, dtype=torch.bool), torch.ones(500, dtype=torch.bool))
@@ -160,3 +183,15 @@ def test_subprocess_envs_give_the_data_of_in_process_envs(name):
                   "terminated", "trial_end", "cut_values"):
         assert torch.equal(getattr(rollouts[0], field), getattr(rollouts[1], field)), field
     assert rollouts[0].success is None and rollouts[1].success is None  # (MetaWorld's: test_metaworld)
+
+
+def test_trials_of_a_random_length_are_refused_where_they_cannot_apply():
+    from trmrl.algos import make_config
+    from trmrl.config import TaskConfig
+    from trmrl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="must be in 1..task.episodes_per_trial"):
+        TaskConfig(min_episodes_per_trial=3)
+    with pytest.raises(ConfigError, match="maml does not train on trials of a random length"):
+        make_config("maml", task=TaskConfig(min_episodes_per_trial=1))
+    assert make_config("rl2", task=TaskConfig(min_episodes_per_trial=1)).task.min_episodes_per_trial == 1

@@ -146,9 +146,9 @@ def test_attention_over_the_trial_by_age_sums_to_one_over_existing_memories():
 
 
 @pytest.mark.parametrize("changes,message", [
-    (dict(positions="alibi"), "model.memory 'whole' only"),
-    (dict(memory="whole", context=0), "model.context must be >= 1"),
-    (dict(memory="whole", positions="rotary", d_model=12, n_heads=4), "even head width"),
+    ({"positions": "alibi"}, "model.memory 'whole' only"),
+    ({"memory": "whole", "context": 0}, "model.context must be >= 1"),
+    ({"memory": "whole", "positions": "rotary", "d_model": 12, "n_heads": 4}, "even head width"),
 ])
 def test_whole_memory_settings_are_checked(changes, message):
     with pytest.raises(ConfigError, match=message):

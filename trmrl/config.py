@@ -39,6 +39,11 @@ class TaskConfig:
     adds one)."""
     episodes_per_trial: int = 2
     """E: episodes on the same task that form one trial (RL^2)."""
+    min_episodes_per_trial: int | None = None
+    """Training trials of a random length: each draws its number of episodes uniformly from
+    min_episodes_per_trial..episodes_per_trial (None: always episodes_per_trial). An epoch's
+    rollout stays E * H steps per task, a new trial on the task starting where one ends; the
+    meta-tests keep their protocols' trials."""
     max_episode_steps: int = 20
     """H: time limit of one episode (a truncation, not a termination)."""
     tasks_per_epoch: int = 32
@@ -67,6 +72,8 @@ class TaskConfig:
 
         check_task_name(self.name)
         require(self.episodes_per_trial >= 1, "task.episodes_per_trial must be >= 1")
+        require(self.min_episodes_per_trial is None or 1 <= self.min_episodes_per_trial <= self.episodes_per_trial,
+                f"task.min_episodes_per_trial must be in 1..task.episodes_per_trial ({self.episodes_per_trial})")
         require(self.max_episode_steps >= 1, "task.max_episode_steps must be >= 1")
         require(self.tasks_per_epoch >= 1, "task.tasks_per_epoch must be >= 1")
         require(self.goal_radius > 0, f"task.goal_radius must be > 0 (got {self.goal_radius})")
@@ -191,6 +198,9 @@ class AlgorithmConfig:
         """Steps collected once before the first epoch's own (e.g. PEARL's initial pool)."""
         return 0
 
+    trials_of_random_length: ClassVar[bool] = False
+    """Its sampler can train on trials of a random number of episodes (`task.min_episodes_per_trial`)."""
+
     def check(self, task: TaskConfig) -> None:
         """Refuse settings that contradict the task's trial shape (one ConfigError line)."""
 
@@ -201,6 +211,7 @@ class OnPolicyConfig(AlgorithmConfig):
     drawn from its samples."""
 
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    trials_of_random_length: ClassVar[bool] = True
 
     def steps_per_epoch(self, task: TaskConfig) -> int:
         return task.tasks_per_epoch * task.steps_per_trial
@@ -278,6 +289,8 @@ class TrainConfig(RunSettings):
         require(self.torch_threads >= 0, "torch_threads must be >= 0")
         require(self.dist_timeout > 0, "dist_timeout must be > 0")
         self.agent.check(self.task)
+        require(self.task.min_episodes_per_trial is None or self.agent.trials_of_random_length,
+                f"task.min_episodes_per_trial: {self.agent.name} does not train on trials of a random length")
 
     def __getattr__(self, name: str) -> Any:
         # only reached for names that are not the run's own: the algorithm's sections

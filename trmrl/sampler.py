@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from trmrl.config import TaskConfig
 from trmrl.errors import DivergenceError
 from trmrl.protocols import Policy, Starts
 from trmrl.rollout import Rollout
@@ -66,8 +67,9 @@ def epoch_metrics(rollout: Rollout, samples: int, sampling: float, update: float
 VectorEnvKind = Literal["sync", "async"]
 
 
-def _trial_env(distribution: TaskDistribution, episodes_per_trial: int, max_episode_steps: int) -> TrialEnv:
-    return TrialEnv(distribution.make_env(), episodes_per_trial, max_episode_steps)
+def _trial_env(distribution: TaskDistribution, episodes_per_trial: int, max_episode_steps: int,
+               min_episodes: int | None = None) -> TrialEnv:
+    return TrialEnv(distribution.make_env(), episodes_per_trial, max_episode_steps, min_episodes=min_episodes)
 
 
 @dataclass
@@ -190,9 +192,12 @@ class TrialSampler:
 
     def __init__(
         self, distribution: TaskDistribution, n_envs: int, episodes_per_trial: int, max_episode_steps: int,
-        vector_env: VectorEnvKind = "sync",
+        vector_env: VectorEnvKind = "sync", min_episodes: int | None = None,
     ) -> None:
-        make = functools.partial(_trial_env, distribution, episodes_per_trial, max_episode_steps)
+        """`min_episodes`: trials of a random number of episodes, min_episodes..episodes_per_trial
+        (`TrialEnv`); a rollout stays episodes_per_trial x max_episode_steps long, and a new
+        trial on the same task starts where one ends early."""
+        make = functools.partial(_trial_env, distribution, episodes_per_trial, max_episode_steps, min_episodes)
         self.envs: EnvBatch = InProcessEnvs(make, n_envs) if vector_env == "sync" else SubprocessEnvs(make, n_envs)
         self.steps_per_trial = episodes_per_trial * max_episode_steps
         self.obs_dim = self.envs.observation_space.shape[0]
@@ -201,6 +206,12 @@ class TrialSampler:
         self.action_bounds = (torch.as_tensor(space.low, dtype=torch.float32),
                               torch.as_tensor(space.high, dtype=torch.float32))
         self.reports_success = distribution.reports_success
+
+    @classmethod
+    def for_training(cls, distribution: TaskDistribution, task: TaskConfig, n_envs: int) -> TrialSampler:
+        """The sampler of an epoch's trials as `task` shapes them (n_envs: this process's share)."""
+        return cls(distribution, n_envs, task.episodes_per_trial, task.max_episode_steps, task.vector_env,
+                   task.min_episodes_per_trial)
 
     def close(self) -> None:
         self.envs.close()

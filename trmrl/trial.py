@@ -53,9 +53,14 @@ class TrialEnv(gym.Env[np.ndarray, np.ndarray]):
         episodes_per_trial: int,
         max_episode_steps: int,
         task: Task | None = None,
+        min_episodes: int | None = None,
     ) -> None:
         self.env = env
         self.episodes_per_trial = episodes_per_trial
+        # with `min_episodes`, each trial draws its number of episodes uniformly from
+        # min_episodes..episodes_per_trial, from this env's own seeded stream
+        self.episode_range = (min_episodes or episodes_per_trial, episodes_per_trial)
+        self._episodes = episodes_per_trial
         self.max_episode_steps = max_episode_steps
         self.task = task
         self.obs_dim = env.observation_space.shape[0]
@@ -86,6 +91,8 @@ class TrialEnv(gym.Env[np.ndarray, np.ndarray]):
             raise ValueError("TrialEnv needs a task: pass options={'task': task} to reset")
         self.env.set_task(self.task)
         obs, _ = self.env.reset(seed=seed)
+        low, high = self.episode_range
+        self._episodes = high if low == high else int(self.np_random.integers(low, high + 1))
         self._episode = 0
         self._step_in_episode = 0
         return self._augment(obs, None, 0.0, 0.0), {"episode_index": 0}
@@ -103,7 +110,7 @@ class TrialEnv(gym.Env[np.ndarray, np.ndarray]):
         if not info["episode_end"]:
             return last, float(reward), False, False, info
         self._episode += 1
-        if self._episode == self.episodes_per_trial:
+        if self._episode == self._episodes:
             return last, float(reward), terminated, not terminated, info
         # The trial goes on: the next observation starts a new episode on the same task.
         info["final_observation"] = last

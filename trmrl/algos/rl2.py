@@ -202,8 +202,7 @@ class RL2(InMemoryPPO):
     def __init__(self, config: TrainConfig, distribution: TaskDistribution) -> None:
         self.config = config
         t, chunk = config.task, config.rl2.bptt_chunk
-        self.sampler = TrialSampler(distribution, distributed.share_size(t.tasks_per_epoch), t.episodes_per_trial,
-                                    t.max_episode_steps, t.vector_env)
+        self.sampler = TrialSampler.for_training(distribution, t, distributed.share_size(t.tasks_per_epoch))
         self.model = RecurrentActorCritic(self.sampler.obs_dim, self.sampler.act_dim, config.rl2,
                                           torch_generator(config.seed, Stream.INIT)).to(distributed.device())
         self.optimizers = TwoPhaseOptimizers.create(self.model, config.ppo)

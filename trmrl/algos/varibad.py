@@ -434,8 +434,7 @@ class VariBAD(OnPolicyLoop):
     def __init__(self, config: TrainConfig, distribution: TaskDistribution) -> None:
         self.config = config
         t, v = config.task, config.varibad
-        self.sampler = TrialSampler(distribution, distributed.share_size(t.tasks_per_epoch), t.episodes_per_trial,
-                                    t.max_episode_steps, t.vector_env)
+        self.sampler = TrialSampler.for_training(distribution, t, distributed.share_size(t.tasks_per_epoch))
         act_dim = self.sampler.act_dim
         self.state_dim = state_dim = self.sampler.obs_dim - act_dim - 2
         g = torch_generator(config.seed, Stream.INIT)
