@@ -161,7 +161,7 @@ def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Ag
         for ax in axes:
             ax.set_xlim(left - 0.04 * (right - left), right + 0.04 * (right - left))
     for ax, which in zip(axes, ({"mean": "Mean", "iqm": "IQM"}[p] for p in panels)):
-        ax.set_title(which, fontsize=10)
+        ax.set_title(f"{which}\n95% bootstrap CI over {resampled} ({MIN_RUNS_FOR_INTERVAL}+ runs)", fontsize=9)
         if integer_x:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         else:
@@ -169,9 +169,13 @@ def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Ag
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(ylabel)
-    axes[0].legend(fontsize=8)
-    # one caption for every panel: beside each panel's title it ran into its neighbour's
-    fig.suptitle(f"{title}\n95% bootstrap CI over {resampled} ({MIN_RUNS_FOR_INTERVAL}+ runs)", fontsize=11)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if len(labels) > 5:  # a long legend would cover the curves and run into the next panel: below them
+        fig.legend(handles, labels, fontsize=8, loc="upper center", ncol=min(2, len(panels)),
+                   bbox_to_anchor=(0.5, 0.0))
+    else:
+        axes[0].legend(fontsize=8)
+    fig.suptitle(title, y=1.04)  # above the two-line panel titles
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.svg"]
     for path in paths:
