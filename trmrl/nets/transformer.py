@@ -154,14 +154,17 @@ class CausalSelfAttention(nn.Module):
     def cached(self, x: Tensor, position: Tensor, cache: KVCache, layer: int, slot: Tensor, visible: Tensor,
                encoding: Encoding) -> Tensor:
         """One new token x (B, 1, D) at position (B,): its key and value go to the cache's `slot`
-        (B,) of this layer, its query attends to the slots `visible` (B, C). Returns (B, 1, D)."""
+        (B,) of this layer, its query attends to the slots `visible` (B, used), the first `used`
+        of the cache. Returns (B, 1, D)."""
         b, _, d = x.shape
         q, k, v = self.project(x, position[:, None], encoding)
         rows = torch.arange(b, device=x.device)
         cache.keys[layer][rows, :, slot] = k[:, :, 0]
         cache.values[layer][rows, :, slot] = v[:, :, 0]
-        bias = self.distance_bias(position[:, None], cache.positions, encoding)
-        out, _ = attend(q, cache.keys[layer], cache.values[layer], visible[:, None, None, :], bias)
+        used = visible.shape[1]  # the slots in use by some sequence: the rest need no scores
+        keys, values = cache.keys[layer][:, :, :used], cache.values[layer][:, :, :used]
+        bias = self.distance_bias(position[:, None], cache.positions[:, :used], encoding)
+        out, _ = attend(q, keys, values, visible[:, None, None, :], bias)
         return self.out_proj(out.reshape(b, 1, d))
 
 
@@ -311,7 +314,8 @@ class CausalTransformer(nn.Module):
         cache.positions[rows, slot] = position
         if encoding == "sinusoidal":
             x = x + sinusoidal_at(position, x.shape[-1])
-        visible = torch.arange(cache.capacity, device=x.device) <= slot[:, None]  # (B, C)
+        used = int(slot.max()) + 1  # slots past every sequence's newest hold nothing to attend to
+        visible = torch.arange(used, device=x.device) <= slot[:, None]  # (B, used)
         h = x[:, None]
         for i, layer in enumerate(self.layers):
             h = layer.cached(h, position, cache, i, slot, visible, encoding)
