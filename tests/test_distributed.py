@@ -83,11 +83,16 @@ def named(state, prefix=""):
             yield from named(item, f"{prefix}.{i}")
 
 
-@pytest.mark.parametrize("algo", ["trmrl", "rl2", "varibad"])
+@pytest.mark.parametrize("algo", ["trmrl", "trmrl-whole", "rl2", "varibad"])
 def test_two_processes_match_one(tmp_path, algo):
     # the point-nav preset's entropy bonus and gradient clipping: each process adds its share of
-    # the entropy term, and the norm is clipped once, on the summed gradient
-    config = tiny_config(algo=algo, ppo=dataclasses.replace(tiny_config().ppo, ent_coef=0.02, max_grad_norm=0.5))
+    # the entropy term, and the norm is clipped once, on the summed gradient; 'whole' memory
+    # splits minibatches of whole trials (3, 3 and 2 of the 8) over the processes
+    ppo_config = dataclasses.replace(tiny_config().ppo, ent_coef=0.02, max_grad_norm=0.5)
+    if algo == "trmrl-whole":
+        config = tiny_config(ppo=ppo_config, model=dataclasses.replace(tiny_config().model, memory="whole"))
+    else:
+        config = tiny_config(algo=algo, ppo=ppo_config)
     mp.start_processes(worker, args=(2, free_port(), to_dict(config), str(tmp_path)), nprocs=2, join=True,
                        start_method="spawn")
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
