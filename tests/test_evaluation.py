@@ -252,6 +252,12 @@ def test_paper_references_are_drawn_only_for_runs_of_one_preset(tmp_path):
     assert adaptation_reference("cheetah-vel", "adaptation", "maml").y == (-167, -155)
     assert adaptation_reference("cheetah-vel", "ood", "rl2") is None
     assert learning_references("ml1-reach", "success", "maml")[0].at(2.5e7) == 0.98
+    # a short run keeps its own axis; the legend says where the paper's curve goes past it
+    from trmrl.paper import Reference
+    from trmrl.plot import reference_label
+    curve = Reference("TrMRL (Fig. 4)", (1e6, 2e6, 1e7), (-100.0, -70.0, -25.0))
+    assert reference_label(curve, 2.1e6) == "paper: TrMRL (Fig. 4) (to 1e+07 steps: -25, 1 point(s) off the axis)"
+    assert reference_label(curve, 1.1e7) == reference_label(curve, None) == "paper: TrMRL (Fig. 4)"
 
 
 def test_a_run_with_an_ood_pair_ends_with_both_protocols(tmp_path):

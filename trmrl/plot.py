@@ -150,16 +150,17 @@ def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Ag
         if line is not None:
             for ax in axes:
                 ax.plot(np.arange(len(line)), line, color="grey", linestyle=style, label=label)
-    for reference, style in zip(references, itertools.cycle(("-", ":", "-.", "--"))):
-        for ax in axes:
-            ax.plot(reference.x, reference.y, color="black", linestyle=style, marker="s", markersize=4,
-                    label=f"paper: {reference.label}")
+    right = None
     if references and groups:
         # the paper's curves run to 1e7-5e7 steps: keep the runs' range, and the paper's first point
         left = min(float(x[0]) for x, _, _ in groups.values())
         right = max(max(float(x[-1]) for x, _, _ in groups.values()), min(r.x[0] for r in references))
         for ax in axes:
             ax.set_xlim(left - 0.04 * (right - left), right + 0.04 * (right - left))
+    for reference, style in zip(references, itertools.cycle(("-", ":", "-.", "--"))):
+        for ax in axes:
+            ax.plot(reference.x, reference.y, color="black", linestyle=style, marker="s", markersize=4,
+                    label=reference_label(reference, None if right is None else right * 1.04))
     for ax, which in zip(axes, ({"mean": "Mean", "iqm": "IQM"}[p] for p in panels)):
         ax.set_title(f"{which}\n95% bootstrap CI over {resampled} ({MIN_RUNS_FOR_INTERVAL}+ runs)", fontsize=9)
         if integer_x:
@@ -170,7 +171,8 @@ def _figure(title: str, xlabel: str, groups: dict[str, tuple[np.ndarray, list[Ag
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(ylabel)
     handles, labels = axes[0].get_legend_handles_labels()
-    if len(labels) > 5:  # a long legend would cover the curves and run into the next panel: below them
+    if len(labels) > 5 or max(map(len, labels), default=0) > 60:
+        # a long or wide legend would cover the curves and run into the next panel: below them
         fig.legend(handles, labels, fontsize=8, loc="upper center", ncol=min(2, len(panels)),
                    bbox_to_anchor=(0.5, 0.0))
     else:
@@ -326,6 +328,16 @@ def split_mixed_groups(runs: list[Run]) -> list[Run]:
         for run, config in zip(members, configs):
             run.label = f"{label} ({', '.join(f'{k}={config.get(k)}' for k in differ[:3])})"
     return runs
+
+
+def reference_label(reference: Reference, right: float | None) -> str:
+    """The legend entry of one of the paper's curves; where the axis ends before its last point
+    (short runs keep their own range), it says how far the curve goes and where it ends."""
+    label = f"paper: {reference.label}"
+    hidden = [x for x in reference.x if right is not None and x > right]
+    if hidden:
+        label += f" (to {reference.x[-1]:.2g} steps: {reference.y[-1]:g}, {len(hidden)} point(s) off the axis)"
+    return label
 
 
 def plot_runs(run_dirs: list[Path], out: Path, protocol: str = "adaptation", paper: bool = True,
