@@ -153,3 +153,22 @@ def test_attention_over_the_trial_by_age_sums_to_one_over_existing_memories():
 def test_whole_memory_settings_are_checked(changes, message):
     with pytest.raises(ConfigError, match=message):
         ModelConfig(**changes)
+
+
+def test_the_learning_rate_decays_at_the_epochs_the_config_names():
+    """Minibatches of whole trials make fewer gradient steps per epoch than windows: the decay's
+    clock counts them, so it starts at ppo.decay_epoch_start whatever the memory."""
+    from conftest import tiny_config
+
+    from trmrl.algos.trmrl import TrMRL
+    from trmrl.tasks import make_task_distribution
+
+    ppo = dataclasses.replace(tiny_config().ppo, policy_lr_decay=True, decay_epoch_start=2, decay_epoch_end=4,
+                              min_lr_factor=0.25)
+    config = tiny_config(ppo=ppo, model=dataclasses.replace(tiny_config().model, memory="whole"))
+    learner = TrMRL(config, make_task_distribution("point-nav"))
+    # 8 trials of 10 steps, 3 per minibatch of 32 samples: 3 minibatches x 2 passes
+    assert learner.steps_per_epoch == 6
+    schedule = learner.schedules[0]
+    factors = [schedule(epoch * 6) / schedule.lr for epoch in range(6)]
+    assert factors == pytest.approx([1.0, 1.0, 0.5, 0.25, 0.25, 0.25])

@@ -104,9 +104,13 @@ class LRSchedule:
         return self.lr * lr_factor(step, self.steps_per_epoch, self.start, self.end, self.min_factor)
 
 
-def lr_schedules(config: PPOConfig, samples_per_epoch: int) -> tuple[LRSchedule, LRSchedule]:
-    """(policy, value) schedules of an update over `samples_per_epoch` samples per epoch."""
-    nominal = max(1, config.update_epochs * samples_per_epoch // config.minibatch_size)
+def lr_schedules(config: PPOConfig, samples_per_epoch: int, steps_per_epoch: int | None = None
+                 ) -> tuple[LRSchedule, LRSchedule]:
+    """(policy, value) schedules of an update over `samples_per_epoch` samples per epoch, whose
+    epochs are counted in the original's nominal gradient steps (`lr_factor`) unless an update
+    says how many steps its epoch takes (`steps_per_epoch`: minibatches of whole sequences,
+    whose count the nominal formula does not give)."""
+    nominal = steps_per_epoch or max(1, config.update_epochs * samples_per_epoch // config.minibatch_size)
     shared = dict(start=config.decay_epoch_start, end=config.decay_epoch_end, min_factor=config.min_lr_factor,
                   steps_per_epoch=nominal)
     return (LRSchedule(config.policy_lr, config.policy_lr_decay, **shared),  # type: ignore[arg-type]

@@ -276,7 +276,6 @@ class TrMRL(InMemoryPPO):
         whole, scope = config.model.memory == "whole", config.model.memory_scope
         self.policy = (WholeMemoryPolicy if whole else TrMRLPolicy)(self.model, scope)
         samples = t.tasks_per_epoch * t.steps_per_trial
-        self.schedules = ppo.lr_schedules(config.ppo, samples)
         # gradient steps per phase and epoch: the LR schedule's clock, derived, so resuming needs no counter
         items, per_minibatch = samples, config.ppo.minibatch_size
         if whole:  # minibatches of whole sequences (one per trial, or per episode), as many as fit
@@ -284,6 +283,9 @@ class TrMRL(InMemoryPPO):
             items = t.tasks_per_epoch * t.steps_per_trial // length
             per_minibatch = self.sequences_per_minibatch = max(1, config.ppo.minibatch_size // length)
         self.steps_per_epoch = config.ppo.update_epochs * math.ceil(items / per_minibatch)
+        # the windows' schedule keeps the original's nominal epoch (`ppo.lr_factor`); whole
+        # sequences count their own steps, so the decay starts at the epoch the config names
+        self.schedules = ppo.lr_schedules(config.ppo, samples, self.steps_per_epoch if whole else None)
 
     def save_attention(self, tester: MetaTester, out_dir: Path) -> list[Path]:
         """One trial of the tester's first task; the attention of each step's newest memory."""
