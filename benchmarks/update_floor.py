@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from speed import matmul_flops, model_flops_per_window
+from speed import matmul_flops, model_flops_per_window, table
 from torch.func import functional_call, grad_and_value
 
 from trmrl import ppo
@@ -116,11 +116,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     header = ["preset", "step", "forward + loss ms", "backward ms", "clip ms", "AdamW ms", "step ms", "model MFLOP",
               "fraction of fp32 peak", "speed-up"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for preset in args.presets:
-        for row in measure(preset, args.steps, args.compiled):
-            print("| " + " | ".join(str(x) for x in row) + " |", flush=True)
+    rows = [row for preset in args.presets for row in measure(preset, args.steps, args.compiled)]
+    table("One PPO policy step against its arithmetic", header, rows)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import argparse
 import statistics
 
 import torch
+from speed import table
 
 from trmrl.algos.trmrl import TrMRL
 from trmrl.config import TrainConfig
@@ -67,10 +68,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rows = [row for preset in args.presets for row in measure(preset, args.repeats, args.ml1_tasks)]
     header = ["preset", "memory", "sampling s", "update s", "epoch s", "sampler steps/s", "epoch / window 5's"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(str(x) for x in row) + " |")
+    table("Whole-trial memory against the window of 5", header, rows)
 
 
 if __name__ == "__main__":
