@@ -122,12 +122,20 @@ def session(device_option: str = "auto", timeout: float = 300.0) -> Iterator[Wor
             raise DistributedError(f"could not join the run's other processes at {_rendezvous()} within {timeout:g} s "
                                    f"({_first_line(exc)})") from None
     _world = World(rank, size, placed)
+    finished = False
     try:
         yield _world
+        finished = True
     finally:
         _world = World()
         if size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+            try:
+                if finished:
+                    # every process past its last collective before any closes its connections: a
+                    # peer torn down while another still reads from it can abort that one
+                    _collective(dist.barrier, "the end of the run")
+            finally:
+                dist.destroy_process_group()
 
 
 def launch(nproc: int, argv: Sequence[str], threads: int = 0) -> int:
