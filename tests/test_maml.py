@@ -17,14 +17,12 @@ from trmrl.algos.maml import (
     MAMLPolicy,
     TaskBatch,
     adapt,
-    baseline_features,
-    fit_linear_baseline,
     group_forward,
     meta_objective,
     meta_params,
-    steps_into_episode,
 )
 from trmrl.config import EvalConfig, TaskConfig
+from trmrl.linear_baseline import baseline_features, fit_linear_baseline, steps_since_start
 from trmrl.presets import get_preset
 from trmrl.protocols import Starts
 from trmrl.sampler import Rollout
@@ -149,7 +147,7 @@ def test_linear_baseline_fits_a_linear_return_exactly():
     coefficients = fit_linear_baseline(features, targets, reg=1e-10)
     assert torch.allclose((features.double() @ coefficients[..., None])[..., 0], targets, atol=1e-6)
     starts = torch.tensor([[1, 1], [0, 0], [1, 0], [0, 0]], dtype=torch.bool)
-    assert steps_into_episode(starts).tolist() == [[0, 0], [1, 1], [0, 2], [1, 3]]
+    assert steps_since_start(starts).tolist() == [[0, 0], [1, 1], [0, 2], [1, 3]]
 
 
 def test_policy_acts_per_task_group_as_each_group_alone():

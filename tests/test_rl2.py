@@ -208,3 +208,59 @@ def test_without_carrying_the_previous_episode_a_new_episode_starts_from_zeros_f
 
     assert not get_preset("cheetah-vel", "rl2").rl2.carry_previous_episode
     assert get_preset("point-nav", "rl2").rl2.carry_previous_episode  # the runs of docs/results.md
+
+
+def test_the_linear_baseline_predicts_from_the_last_fit_and_refits_on_whole_trial_returns():
+    """rl2.baseline linear (garage's RL^2): values from the previous epoch's coefficients (0 at the
+    first), then a ridge fit of this epoch's discounted returns, which run over the whole trial
+    (across its inner episode boundary) and stop at the trial's end: with the return in the
+    input, the fit reproduces it, and the next epoch's values are those returns."""
+    from trmrl.algos.rl2 import linear_baseline
+    from trmrl.sampler import Rollout
+
+    T, B, gamma = 6, 2, 0.9
+    t = torch.arange(T)[:, None].expand(T, B) % 3  # trials of 3 steps: 0 1 2 0 1 2
+    start = t == 0
+    episode_start = start | (t == 2)  # an inner episode boundary inside each trial
+    expected = torch.tensor([1 + gamma + gamma**2, 1 + gamma, 1.0]).repeat(2)[:, None].expand(T, B)  # rewards of 1
+    obs = torch.cat([expected[..., None], torch.zeros(T, B, 2)], dim=-1)
+    flags = torch.zeros(T, B, dtype=torch.bool)
+    rollout = Rollout(obs=obs, actions=torch.zeros(T, B, 1), log_probs=torch.zeros(T, B),
+                      values=torch.full((T, B), 99.0), rewards=torch.ones(T, B), episode_start=episode_start,
+                      trial_start=start, episode_end=torch.roll(episode_start, -1, 0), terminated=flags,
+                      trial_end=t == 2, bootstrap_values=torch.full((T, B), 99.0), cut_values=torch.full((B,), 99.0))
+    first, coefficients = linear_baseline(rollout, None, gamma)
+    assert torch.equal(first.values, torch.zeros(T, B)) and torch.equal(first.cut_values, torch.zeros(B))
+    assert torch.equal(first.bootstrap_values, torch.zeros(T, B))
+    second, again = linear_baseline(rollout, coefficients, gamma)
+    torch.testing.assert_close(second.values, expected, atol=1e-3, rtol=0)
+    torch.testing.assert_close(again, coefficients)
+    assert coefficients.dtype == torch.float64 and coefficients.shape == (2 * 3 + 4,)
+
+
+def test_with_the_linear_baseline_the_critic_is_not_trained_and_a_resume_keeps_the_fit(tmp_path):
+    """Only the policy phase steps; the coefficients travel in the checkpoint, so a resumed run
+    is the uninterrupted one; the option is refused with a bootstrapped time limit."""
+    from trmrl.algos import make_algorithm
+    from trmrl.errors import ConfigError
+    from trmrl.log import read_metrics
+    from trmrl.presets import get_preset
+    from trmrl.seeding import numpy_rng
+    from trmrl.train import train
+
+    config = get_preset("cheetah-vel", "rl2").replace(
+        task={"tasks_per_epoch": 2, "max_episode_steps": 20}, ppo={"minibatch_size": 80}, rl2={"bptt_chunk": 40,
+        "baseline": "linear"}, torch_threads=1, eval={"every_epochs": 0, "final": False}, total_env_steps=240)
+    dist = make_task_distribution("cheetah-vel")
+    algorithm = make_algorithm(config, dist)
+    critic = [p.clone() for p in algorithm.model.value_parameters()]
+    algorithm.train_iteration(dist.sample(numpy_rng(1, Stream.TRAIN_TASKS, 0), 2, "train"), 0)
+    assert all(torch.equal(a, b) for a, b in zip(critic, algorithm.model.value_parameters()))
+    assert algorithm.baseline is not None and "baseline" in algorithm.state_dict()
+    train(config.replace(total_env_steps=160), tmp_path / "run")
+    train(config, tmp_path / "run", resume=True)
+    train(config, tmp_path / "uninterrupted")
+    records = without_timing(read_metrics(tmp_path / "run"))
+    assert records == without_timing(read_metrics(tmp_path / "uninterrupted"))
+    with pytest.raises(ConfigError, match="no-bootstrap-truncation"):
+        config.replace(ppo={"bootstrap_truncation": True})

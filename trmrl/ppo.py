@@ -184,7 +184,7 @@ def ppo_update(
     n_items: int,
     items_per_minibatch: int,
     policy: tuple[Phase, PolicyTerms],
-    value: tuple[Phase, ValueTerms],
+    value: tuple[Phase, ValueTerms] | None,
     value_log_std: Tensor,
     config: PPOConfig,
     generator: torch.Generator,
@@ -196,11 +196,12 @@ def ppo_update(
     step from its schedule (gradient steps counted from `first_step`). An item is whatever the
     algorithm samples independently (TrMRL: a window; RL^2: a sequence chunk). Over several
     processes each takes a share of every minibatch (`trmrl.distributed`), which `advantages`
-    sizes. Returns `losses/...` and `charts/..._lr` metrics."""
+    sizes. No value phase where `value` is None (a baseline fitted apart). Returns `losses/...`
+    and `charts/..._lr` metrics."""
     stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "approx_kl": [], "clipfrac": []}
     rates: dict[str, float] = {}
     parallel = distributed.world().size > 1
-    for name, (phase, terms) in (("policy", policy), ("value", value)):
+    for name, (phase, terms) in (("policy", policy), *((("value", value),) if value else ())):
         step = first_step
         for _ in range(config.update_epochs):
             for index in torch.randperm(n_items, generator=generator).split(items_per_minibatch):
@@ -228,7 +229,7 @@ def ppo_update(
                     stats["approx_kl"].append(((log_ratio.exp() - 1) - log_ratio).mean().item())
                     stats["clipfrac"].append(((log_ratio.exp() - 1).abs() > config.clip_coef).float().mean().item())
                     stats["policy_loss"].append(loss.item())
-    return {f"losses/{k}": sum(v) / len(v) for k, v in stats.items()} | rates
+    return {f"losses/{k}": sum(v) / len(v) for k, v in stats.items() if v} | rates
 
 
 def _data_parallel_step(

@@ -35,6 +35,7 @@ from torch.func import functional_call, vmap
 
 from trmrl import checkpoint, ppo
 from trmrl.config import AlgorithmConfig, TaskConfig, TrainConfig, require
+from trmrl.linear_baseline import baseline_features, fit_linear_baseline, steps_since_start
 from trmrl.nets.policy import gaussian_kl, gaussian_log_prob, mlp
 from trmrl.protocols import Starts, Step
 from trmrl.sampler import Rollout, TrialSampler, rollout_metrics
@@ -172,35 +173,6 @@ def states_of(inputs: Tensor, state_dim: int) -> Tensor:
     return inputs[..., :state_dim]
 
 
-def steps_into_episode(episode_start: Tensor) -> Tensor:
-    """t within the current episode at every step of (T, B) start flags: (T, B) long."""
-    index = torch.arange(len(episode_start))[:, None].expand_as(episode_start)
-    last_start = torch.where(episode_start, index, 0).cummax(0).values
-    return index - last_start
-
-
-def baseline_features(states: Tensor, t: Tensor) -> Tensor:
-    """Duan et al.'s linear-baseline features [s, s^2, t, t^2, t^3, 1] with s clipped to [-10, 10]
-    and t in hundreds of steps: states (..., S), t (...) -> (..., 2 S + 4)."""
-    s = states.clamp(-10.0, 10.0)
-    u = t.to(states.dtype)[..., None] / 100.0
-    return torch.cat([s, s * s, u, u * u, u**3, torch.ones_like(u)], dim=-1)
-
-
-def fit_linear_baseline(features: Tensor, targets: Tensor, reg: float) -> Tensor:
-    """Ridge regression per group: features (G, N, F), targets (G, N) -> coefficients (G, F), in
-    float64; the ridge grows tenfold (up to 5 times) while the solution is not finite."""
-    x, y = features.double(), targets.double()
-    gram, moment = x.transpose(1, 2) @ x, (x.transpose(1, 2) @ y[..., None])[..., 0]
-    eye = torch.eye(x.shape[-1], dtype=x.dtype)
-    for _ in range(5):
-        coefficients = torch.linalg.solve(gram + reg * eye, moment)
-        if torch.isfinite(coefficients).all():
-            break
-        reg *= 10
-    return coefficients
-
-
 def by_task(x: Tensor, groups: int) -> Tensor:
     """(T, B, ...) -> (G, N, ...): env b's steps go to task b // R, episode by episode."""
     moved = x.transpose(0, 1)  # (B, T, ...)
@@ -215,7 +187,7 @@ def task_batch(rollout: Rollout, groups: int, state_dim: int, config: MAMLConfig
     cut[-1] = True
     zeros = torch.zeros_like(rollout.rewards)
     returns = ppo.discounted_returns(rollout.rewards, zeros, zeros, cut, config.gamma)
-    features = baseline_features(states, steps_into_episode(rollout.episode_start))
+    features = baseline_features(states, steps_since_start(rollout.episode_start))
     coefficients = fit_linear_baseline(by_task(features, groups), by_task(returns, groups), config.baseline_reg)
     baseline = (by_task(features, groups).double() @ coefficients[..., None])[..., 0].float()  # (G, N)
     baseline = baseline.reshape(rollout.rewards.shape[1], -1).transpose(0, 1)  # back to (T, B)

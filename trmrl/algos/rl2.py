@@ -27,14 +27,15 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from trmrl import distributed, ppo
 from trmrl.algos.common import InMemoryPPO, TwoPhaseOptimizers
-from trmrl.config import OnPolicyConfig, PPOConfig, TrainConfig
+from trmrl.config import OnPolicyConfig, PPOConfig, TaskConfig, TrainConfig, require
+from trmrl.linear_baseline import baseline_features, fit_linear_baseline, steps_since_start
 from trmrl.nets.recurrent import RecurrentActorCritic, RecurrentState, RL2Config
 from trmrl.protocols import Starts, Step
 from trmrl.rollout import cut_sequences
@@ -50,6 +51,12 @@ class RL2Agent(OnPolicyConfig):
 
     name: ClassVar[str] = "rl2"
     rl2: RL2Config = field(default_factory=RL2Config)
+
+    def check(self, task: TaskConfig) -> None:
+        super().check(task)
+        require(self.rl2.baseline == "critic" or not self.ppo.bootstrap_truncation,
+                "rl2.baseline linear fits Monte-Carlo returns (a trial's end is terminal): "
+                "use it with --ppo.no-bootstrap-truncation")
 
 
 class RL2Policy:
@@ -157,6 +164,26 @@ def make_chunks(rollout: Rollout, chunk_states: Sequence[RecurrentState], chunk:
                   gather(returns), gather(rollout.values), valid, initial)
 
 
+def linear_baseline(rollout: Rollout, coefficients: Tensor | None, gamma: float) -> tuple[Rollout, Tensor]:
+    """garage's RL^2 baseline (`rl2.baseline linear`) on the epoch's trials: the rollout with its
+    values from the previous fit (0 before the first), and the coefficients (F,) fitted on this
+    epoch's discounted returns for the next. Its features read the trial input and the step of
+    the trial, the returns run over the whole trial (garage concatenates its episodes)."""
+    features = baseline_features(rollout.obs, steps_since_start(rollout.trial_start))  # (T, B, F)
+    zeros = torch.zeros_like(rollout.rewards)
+    values = zeros if coefficients is None else (features.double() @ coefficients).to(zeros.dtype)
+    cut = rollout.trial_end.clone()
+    cut[-1] = True  # RL^2 collects whole trials: the rollout ends with one
+    returns = ppo.discounted_returns(rollout.rewards, zeros, zeros, cut, gamma)
+    fitted = fit_linear_baseline(features.reshape(1, -1, features.shape[-1]), returns.reshape(1, -1), LINEAR_BASELINE_REG)
+    return dataclasses.replace(rollout, values=values, bootstrap_values=zeros,
+                               cut_values=torch.zeros_like(rollout.cut_values)), fitted[0]
+
+
+LINEAR_BASELINE_REG = 1e-5
+"""garage's LinearFeatureBaseline reg_coeff."""
+
+
 def rl2_update(model: RecurrentActorCritic, policy_optimizer: torch.optim.Optimizer,
                value_optimizer: torch.optim.Optimizer, chunks: Chunks, config: TrainConfig,
                generator: torch.Generator, schedules: tuple[ppo.LRSchedule, ppo.LRSchedule],
@@ -180,7 +207,8 @@ def rl2_update(model: RecurrentActorCritic, policy_optimizer: torch.optim.Optimi
     stats = ppo.ppo_update(
         len(chunks), per_minibatch,
         (ppo.Phase(policy_optimizer, model.policy_parameters(), schedules[0]), policy_terms),
-        (ppo.Phase(value_optimizer, model.value_parameters(), schedules[1]), value_terms),
+        (ppo.Phase(value_optimizer, model.value_parameters(), schedules[1]), value_terms)
+        if config.rl2.baseline == "critic" else None,
         model.value_log_std, config.ppo, generator, first_step,
         lambda index: chunks.advantages[:, index][chunks.valid[:, index]])
     valid = chunks.valid
@@ -212,6 +240,7 @@ class RL2(InMemoryPPO):
         # resuming needs no counter; early terminations add chunks, but not to the clock)
         chunks = t.tasks_per_epoch * math.ceil(t.steps_per_trial / chunk)
         self.steps_per_epoch = config.ppo.update_epochs * math.ceil(chunks / max(1, config.ppo.minibatch_size // chunk))
+        self.baseline: Tensor | None = None  # rl2.baseline linear: the last fit's coefficients
 
     def collecting_policy(self) -> _ChunkStartRecorder:
         self.recorder = _ChunkStartRecorder(self.policy, self.config.rl2.bptt_chunk)
@@ -222,8 +251,17 @@ class RL2(InMemoryPPO):
         n_tasks = rollout.rewards.shape[1]
         rollout = dataclasses.replace(rollout, obs=self.policy.visible(rollout.obs, rollout.episode_start))
         states = [distributed.gather_columns(torch.stack(h), n_tasks, dim=2).unbind(0) for h in zip(*self.recorder.states)]
+        if self.config.rl2.baseline == "linear":  # every process fits the same gathered rollout
+            rollout, self.baseline = linear_baseline(rollout, self.baseline, self.config.ppo.gamma)
         chunks = make_chunks(rollout.to(self.policy.device), list(zip(*states)), self.config.rl2.bptt_chunk,
                              self.config.ppo)
         metrics = rl2_update(self.model, self.optimizers.policy, self.optimizers.value, chunks, self.config,
                              generator, self.schedules, epoch * self.steps_per_epoch)
         return metrics, int(chunks.valid.sum())
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | ({"baseline": self.baseline} if self.baseline is not None else {})
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.baseline = state.get("baseline")

@@ -49,6 +49,13 @@ class RL2Config:
     """At a new episode of a trial the input carries the previous episode's last action and reward
     (the trial env's report); False: zeros, as garage's RL2Env.reset gives them (the boundary flag
     stays; the hidden state carries the trial either way)."""
+    baseline: Literal["critic", "linear"] = "critic"
+    """What advantages are measured against: 'critic', the recurrent critic trained on the
+    returns; 'linear', garage's RL^2 baseline: a ridge regression of the discounted return on
+    [x, x^2, t, t^2, t^3, 1] (x the trial input clipped to [-10, 10], t the step of the trial in
+    hundreds), fitted after each update and used at the next (the first from zeros); the critic is
+    then not trained. A baseline refitted every epoch follows returns of any scale, where a critic
+    taking a few Adam steps per epoch may never reach them."""
 
     def __post_init__(self) -> None:
         require(self.hidden_size >= 1, "rl2.hidden_size must be >= 1")
