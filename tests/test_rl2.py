@@ -87,7 +87,8 @@ def test_presets_pick_the_rl2_settings():
     # garage's batch_size=32 counts whole padded trials: backpropagation through the whole trial,
     # and with 20 trials per epoch one minibatch of all of them
     assert c.rl2.bptt_chunk == c.task.steps_per_trial == 400 and c.ppo.minibatch_size == 20 * 400
-    assert not c.ppo.norm_adv
+    assert not c.ppo.norm_adv and c.rl2.baseline == "linear" and not c.ppo.bootstrap_truncation
+    assert get_preset("point-nav", "rl2").rl2.baseline == "critic"  # the runs of docs/results.md
     with pytest.raises(ConfigError, match="unknown algorithm"):
         get_preset("point-nav", "nosuch")
 
@@ -155,8 +156,24 @@ def test_rl2_beats_its_memoryless_ablation(tmp_path):
     assert rl2 > reset + 3 and reset > random, (rl2, reset, random)
 
 
+def optimizer_steps(algorithm, tasks) -> dict[str, int]:
+    """Adam steps of each phase in one train_iteration."""
+    steps = {"policy": 0, "value": 0}
+    for phase in steps:
+        optimizer = getattr(algorithm.optimizers, phase)
+
+        def counting(*args, _step=optimizer.step, _phase=phase, **kwargs):
+            steps[_phase] += 1
+            return _step(*args, **kwargs)
+
+        optimizer.step = counting
+    algorithm.train_iteration(tasks, 0)
+    return steps
+
+
 def test_the_garage_schedule_takes_ten_adam_steps_per_phase_over_whole_trials():
-    """RL^2 on a MuJoCo preset: update_epochs x one minibatch of whole trials, each chunk a trial."""
+    """RL^2 on a MuJoCo preset: update_epochs x one minibatch of whole trials, each chunk a trial;
+    no value steps over garage's linear baseline, as many as policy steps with the critic."""
     from trmrl.algos import make_algorithm
     from trmrl.presets import get_preset
     from trmrl.seeding import Stream, numpy_rng
@@ -166,19 +183,11 @@ def test_the_garage_schedule_takes_ten_adam_steps_per_phase_over_whole_trials():
                                                       ppo={"minibatch_size": 2 * 40}, rl2={"bptt_chunk": 40},
                                                       torch_threads=1)
     dist = make_task_distribution("cheetah-vel")
+    tasks = dist.sample(numpy_rng(1, Stream.TRAIN_TASKS, 0), 2, "train")
     algorithm = make_algorithm(config, dist)
-    steps = {"policy": 0, "value": 0}
-    for phase in steps:
-        optimizer = getattr(algorithm.optimizers, phase)
-        step = optimizer.step
-
-        def counting(*args, _step=step, _phase=phase, **kwargs):
-            steps[_phase] += 1
-            return _step(*args, **kwargs)
-
-        optimizer.step = counting
-    algorithm.train_iteration(dist.sample(numpy_rng(1, Stream.TRAIN_TASKS, 0), 2, "train"), 0)
-    assert steps == {"policy": 10, "value": 10} and algorithm.steps_per_epoch == 10
+    assert optimizer_steps(algorithm, tasks) == {"policy": 10, "value": 0} and algorithm.steps_per_epoch == 10
+    critic = make_algorithm(config.replace(rl2={"baseline": "critic"}), dist)
+    assert optimizer_steps(critic, tasks) == {"policy": 10, "value": 10}
 
 
 def test_without_carrying_the_previous_episode_a_new_episode_starts_from_zeros_for_a_and_r():

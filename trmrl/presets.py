@@ -149,15 +149,18 @@ PRESETS |= {
 # Adam lr 1e-3 (its optimiser's default), 10 passes over minibatches of 32 whole trials (its
 # FirstOrderOptimizer's batch_size slices NPO's padded (trials, steps) arrays, tf/algos/npo.py:
 # with fewer trials per epoch, one minibatch of all of them, backpropagated through the whole
-# trial: 10 Adam steps per phase and epoch), entropy 0.02, no advantage normalisation. garage fits a linear feature baseline and adds the
-# entropy to the reward ('max' entropy); here a recurrent critic and an entropy loss term.
+# trial: 10 Adam steps per phase and epoch), entropy 0.02, no advantage normalisation, advantages over
+# garage's linear feature baseline (its LinearFeatureBaseline, refitted every epoch; the recurrent critic, which
+# never caught the returns' scale at ten steps per epoch, is left untrained). garage adds the entropy to the
+# reward with its gradient stopped ('max' entropy); here an entropy loss term.
 def _rl2_mujoco(task: TaskConfig) -> dict[str, Any]:
     """garage's RL2PPO settings on a preset's trials: chunks of the whole trial, minibatches of up
     to 32 of them."""
     trial = task.steps_per_trial
     return dict(
         # GaussianGRUPolicy's default std; RL2Env.reset hands zeros for a and r at a new episode
-        rl2=RL2Config(cell="gru", hidden_size=64, bptt_chunk=trial, init_std=1.0, carry_previous_episode=False),
+        rl2=RL2Config(cell="gru", hidden_size=64, bptt_chunk=trial, init_std=1.0, carry_previous_episode=False,
+                      baseline="linear"),
         ppo=dict(gamma=0.99, gae_lambda=0.95, clip_coef=0.2, ent_coef=0.02, update_epochs=10,
                  minibatch_size=min(32, task.tasks_per_epoch) * trial, policy_lr=1e-3, value_lr=1e-3,
                  policy_lr_decay=False, value_lr_decay=False, weight_decay=0.0, norm_adv=False, value_loss="mse",
