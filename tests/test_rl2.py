@@ -1,6 +1,8 @@
 """RL^2: the chunked-BPTT update path replays the sampling-time numbers, the hidden state spans
 the episodes of a trial and resets at trial starts, and RL^2 meta-learns point-nav."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -244,6 +246,28 @@ def test_the_linear_baseline_predicts_from_the_last_fit_and_refits_on_whole_tria
     second, again = linear_baseline(rollout, coefficients, gamma)
     torch.testing.assert_close(second.values, expected, atol=1e-3, rtol=0)
     torch.testing.assert_close(again, coefficients)
+    # from t alone (the input blank): the step of the trial tells the three returns apart (up to
+    # the ridge's pull on the small t features); the step of the episode would not (steps 0 and 2
+    # both start an episode)
+    blank = dataclasses.replace(rollout, obs=torch.zeros(T, B, 3))
+    _, from_t = linear_baseline(blank, None, gamma)
+    torch.testing.assert_close(linear_baseline(blank, from_t, gamma)[0].values, expected, atol=0.05, rtol=0)
+    # a trial still running when the rollout stops (a 7th step starts a third trial): left out of
+    # the fit, its last step bootstraps from the previous fit at the next observation, step 1
+    longer = Rollout(**{f.name: torch.cat([getattr(rollout, f.name), getattr(rollout, f.name)[:1]])
+                        for f in dataclasses.fields(Rollout) if getattr(rollout, f.name) is not None
+                        and f.name != "cut_values"}, cut_values=torch.zeros(B))
+    longer = dataclasses.replace(longer, trial_end=torch.cat([rollout.trial_end, torch.zeros(1, B, dtype=torch.bool)]),
+                                 episode_end=torch.cat([rollout.episode_end, torch.zeros(1, B, dtype=torch.bool)]),
+                                 next_obs=torch.randn(T + 1, B, 3))
+    _, with_running = linear_baseline(longer, None, gamma)
+    longer.rewards[-1] = 1000.0
+    out, unmoved = linear_baseline(longer, coefficients, gamma)
+    torch.testing.assert_close(linear_baseline(longer, None, gamma)[1], with_running)
+    torch.testing.assert_close(with_running, coefficients)
+    features = torch.cat([longer.next_obs[-1].clamp(-10, 10), longer.next_obs[-1].clamp(-10, 10) ** 2,
+                          torch.full((B, 1), 0.01), torch.full((B, 1), 1e-4), torch.full((B, 1), 1e-6), torch.ones(B, 1)], 1)
+    torch.testing.assert_close(out.cut_values, (features.double() @ coefficients).float())
     assert coefficients.dtype == torch.float64 and coefficients.shape == (2 * 3 + 4,)
 
 
@@ -273,3 +297,5 @@ def test_with_the_linear_baseline_the_critic_is_not_trained_and_a_resume_keeps_t
     assert records == without_timing(read_metrics(tmp_path / "uninterrupted"))
     with pytest.raises(ConfigError, match="no-bootstrap-truncation"):
         config.replace(ppo={"bootstrap_truncation": True})
+    with pytest.raises(ConfigError, match="gae-across-episodes"):
+        config.replace(ppo={"gae_across_episodes": False})

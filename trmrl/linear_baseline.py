@@ -29,7 +29,7 @@ def fit_linear_baseline(features: Tensor, targets: Tensor, reg: float) -> Tensor
     float64; the ridge grows tenfold (up to 5 times) while the solution is not finite."""
     x, y = features.double(), targets.double()
     gram, moment = x.transpose(1, 2) @ x, (x.transpose(1, 2) @ y[..., None])[..., 0]
-    eye = torch.eye(x.shape[-1], dtype=x.dtype)
+    eye = torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
     for _ in range(5):
         coefficients = torch.linalg.solve(gram + reg * eye, moment)
         if torch.isfinite(coefficients).all():

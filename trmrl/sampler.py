@@ -24,7 +24,7 @@ from trmrl.tasks.base import Task, TaskDistribution
 from trmrl.trial import TrialEnv
 
 
-def _ended(flags: Tensor) -> Tensor:
+def ended_within(flags: Tensor) -> Tensor:
     """(T, B) bool: step t belongs to an episode (or trial) that ended within the rollout, i.e.
     `flags` (its end flags) is set at t or later in the same column."""
     return flags.flip(0).cumsum(0).flip(0) > 0
@@ -37,7 +37,7 @@ def rollout_metrics(rollout: Rollout, action_bounds: tuple[Tensor, Tensor] | Non
     given the action space's (low, high), the fraction of action components outside it."""
     episodes = int(rollout.episode_end.sum())
     trials = int(rollout.trial_end.sum())
-    in_episode, in_trial = _ended(rollout.episode_end), _ended(rollout.trial_end)
+    in_episode, in_trial = ended_within(rollout.episode_end), ended_within(rollout.trial_end)
     metrics = {"charts/episode_return": float(rollout.rewards[in_episode].sum()) / max(episodes, 1),
                "charts/trial_return": float(rollout.rewards[in_trial].sum()) / max(trials, 1),
                "charts/episodes": float(episodes)}

@@ -39,7 +39,7 @@ from trmrl.linear_baseline import baseline_features, fit_linear_baseline, steps_
 from trmrl.nets.recurrent import RecurrentActorCritic, RecurrentState, RL2Config
 from trmrl.protocols import Starts, Step
 from trmrl.rollout import cut_sequences
-from trmrl.sampler import Rollout, TrialSampler
+from trmrl.sampler import Rollout, TrialSampler, ended_within
 from trmrl.seeding import Stream, random_rows, torch_generator
 from trmrl.tasks import TaskDistribution
 from trmrl.trial import forget_previous_episode
@@ -57,6 +57,8 @@ class RL2Agent(OnPolicyConfig):
         require(self.rl2.baseline == "critic" or not self.ppo.bootstrap_truncation,
                 "rl2.baseline linear fits Monte-Carlo returns (a trial's end is terminal): "
                 "use it with --ppo.no-bootstrap-truncation")
+        require(self.rl2.baseline == "critic" or self.ppo.gae_across_episodes,
+                "rl2.baseline linear fits returns over the whole trial: use it with --ppo.gae-across-episodes")
 
 
 class RL2Policy:
@@ -168,16 +170,24 @@ def linear_baseline(rollout: Rollout, coefficients: Tensor | None, gamma: float)
     """garage's RL^2 baseline (`rl2.baseline linear`) on the epoch's trials: the rollout with its
     values from the previous fit (0 before the first), and the coefficients (F,) fitted on this
     epoch's discounted returns for the next. Its features read the trial input and the step of
-    the trial, the returns run over the whole trial (garage concatenates its episodes)."""
-    features = baseline_features(rollout.obs, steps_since_start(rollout.trial_start))  # (T, B, F)
+    the trial, the returns run over the whole trial (garage concatenates its episodes). A trial
+    still running when the rollout stops (restarted after an early termination) is left out of
+    the fit, and its last step bootstraps from the previous fit at the next observation."""
+    steps = steps_since_start(rollout.trial_start)
+    features = baseline_features(rollout.obs, steps)  # (T, B, F)
     zeros = torch.zeros_like(rollout.rewards)
-    values = zeros if coefficients is None else (features.double() @ coefficients).to(zeros.dtype)
+    predict = (lambda f: (f.double() @ coefficients).to(zeros.dtype)) if coefficients is not None else None
+    values = predict(features) if predict else zeros
+    running = ~rollout.trial_end[-1]  # (B,)
+    cut_values = torch.zeros_like(rollout.cut_values)
+    if predict and rollout.next_obs is not None and running.any():
+        cut_values = torch.where(running, predict(baseline_features(rollout.next_obs[-1], steps[-1] + 1)), 0.0)
     cut = rollout.trial_end.clone()
-    cut[-1] = True  # RL^2 collects whole trials: the rollout ends with one
-    returns = ppo.discounted_returns(rollout.rewards, zeros, zeros, cut, gamma)
-    fitted = fit_linear_baseline(features.reshape(1, -1, features.shape[-1]), returns.reshape(1, -1), LINEAR_BASELINE_REG)
-    return dataclasses.replace(rollout, values=values, bootstrap_values=zeros,
-                               cut_values=torch.zeros_like(rollout.cut_values)), fitted[0]
+    cut[-1] = True
+    returns = ppo.discounted_returns(rollout.rewards, zeros, zeros, cut, gamma)  # a running trial's: cut short
+    whole = ended_within(rollout.trial_end)  # (T, B): steps of trials that ended within the rollout
+    fitted = fit_linear_baseline(features[whole][None], returns[whole][None], LINEAR_BASELINE_REG)
+    return dataclasses.replace(rollout, values=values, bootstrap_values=zeros, cut_values=cut_values), fitted[0]
 
 
 LINEAR_BASELINE_REG = 1e-5
