@@ -229,3 +229,31 @@ def test_a_runs_other_protocols_run_beside_the_meta_test_and_at_the_end(tmp_path
     with pytest.raises(ConfigError, match="unknown protocol 'nosuch'"):
         train(tiny_config(eval=EvalConfig(also=("nosuch",))), tmp_path / "bad")
     assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("same_tasks", [True, False])
+def test_during_training_meta_tests_are_on_the_same_tasks_unless_fresh_ones_are_asked_for(tmp_path, monkeypatch,
+                                                                                        same_tasks):
+    """eval.same_tasks: every meta-test of the curve on the held-out tasks `trmrl eval --protocol
+    during-training` uses (so curves of runs of any epoch size compare task for task); off, fresh
+    tasks per meta-test. A config.json from before the field reads back as fresh tasks."""
+    from trmrl.algos import load_config
+    from trmrl.config import EvalConfig, to_dict
+    from trmrl.evaluate import MetaTester
+
+    drawn, run = [], MetaTester.run
+
+    def recording(self, learner, index=0, tasks=None):
+        drawn.append((index, [tuple(t.params) for t in self.tasks(index)]))
+        return run(self, learner, index, tasks)
+
+    monkeypatch.setattr(MetaTester, "run", recording)
+    evaluation = EvalConfig(every_epochs=1, n_tasks=4, episodes=2, final=False, same_tasks=same_tasks)
+    config = tiny_config(eval=evaluation, total_env_steps=3 * 80)
+    train(config, tmp_path / "run")
+    assert [index for index, _ in drawn] == ([0, 0, 0, 0] if same_tasks else [0, 1, 2, 3])
+    task_sets = {tuple(tasks) for _, tasks in drawn}
+    assert len(task_sets) == (1 if same_tasks else 4)
+    written = to_dict(config)
+    del written["eval"]["same_tasks"]
+    assert load_config(written).eval.same_tasks is False

@@ -154,6 +154,11 @@ class EvalConfig:
 
     every_epochs: int = 5
     """Run the during-training protocol every this many epochs (0: never)."""
+    same_tasks: bool = True
+    """Every during-training meta-test on the same held-out tasks, resets and action streams, so
+    that curves compare on the same tasks at every point, across training seeds and across
+    algorithms of any epoch size (off: fresh tasks at each meta-test, drawn by epoch index, as
+    runs whose config.json predates this field)."""
     n_tasks: int = 30
     """Tasks of the during-training protocol (paper: 30 tasks x 2 episodes, mean actions)."""
     episodes: int = 2

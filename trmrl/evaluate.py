@@ -63,7 +63,8 @@ of a task depend on its own streams alone, so batching does not change them)."""
 
 
 PROTOCOLS: dict[str, EvalProtocol] = {
-    # paper: every 5 epochs, 30 fresh tasks x 2 episodes, mean actions (its own stream, fresh per epoch)
+    # paper: every 5 epochs, 30 fresh tasks x 2 episodes, mean actions (its own stream; the same tasks
+    # at every meta-test unless eval.same_tasks is off, then fresh per epoch)
     "during-training": EvalProtocol("during-training", 30, 2, task_stream=Stream.EVAL_TASKS,
                                     env_stream=Stream.EVAL_ENVS, action_stream=Stream.EVAL_ACTIONS),
     # paper Fig. 5: 20 held-out tasks, one trial of 6 episodes

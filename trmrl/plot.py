@@ -304,7 +304,7 @@ def shared_preset(runs: Sequence[Run]) -> str | None:
 
 
 NOT_CONFIG = ("seed", "run_dir", "progress", "torch_threads", "total_env_steps", "checkpoint_every",
-              "eval.every_epochs", "device", "dist_timeout", "imports", "track")
+              "eval.every_epochs", "eval.same_tasks", "device", "dist_timeout", "imports", "track")
 """Fields that do not make two runs different experiments (a longer budget extends one; learning
 curves are drawn where all runs of a group have points)."""
 

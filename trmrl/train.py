@@ -96,9 +96,10 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
     def meta_test(epoch: int) -> None:
         """The during-training protocol on the agent that has seen `epoch` epochs, logged at the
         env steps it had seen (before epoch `epoch` samples)."""
-        metrics = tester.run(algorithm.meta_learner(), index=epoch).metrics()
+        index = 0 if e.same_tasks else epoch
+        metrics = tester.run(algorithm.meta_learner(), index=index).metrics()
         for name, other in also.items():
-            metrics |= other.run(algorithm.meta_learner(), index=epoch).summary_metrics(f"meta_test/{name}")
+            metrics |= other.run(algorithm.meta_learner(), index=index).summary_metrics(f"meta_test/{name}")
         if logger:
             logger.log(epoch, steps_after(epoch), metrics)
         progress.meta_test(steps_after(epoch), metrics)
