@@ -278,6 +278,7 @@ def test_a_run_with_an_ood_pair_ends_with_both_protocols(tmp_path):
         eval=dataclasses.replace(config.eval, every_epochs=0, final_n_tasks=3, final_episodes=2))
     summary = train(config, tmp_path)
     assert final_protocols("point-nav") == ["adaptation"]
+    assert final_protocols("point-nav", explores_first=True) == ["adaptation", "meta-evaluator"]  # MAML, PEARL
     assert summary["distribution"] == "cheetah-vel" and summary["ood"]["distribution"] == "cheetah-vel-ood"
     ood = json.loads((tmp_path / "eval" / "ood.json").read_text())
     velocities = [task["params"][0] for task in ood["tasks"]]

@@ -217,6 +217,32 @@ def test_maml_learns_to_adapt_on_point_nav(tmp_path):
     assert main(["eval", str(tmp_path / "run"), "--n-tasks", "4", "--episodes", "4", "--exploration-episodes", "3"]) == 0
     saved = json.loads((tmp_path / "run" / "eval" / "adaptation-4x4-seed0-explore3.json").read_text())
     assert np.array(saved["returns"]).shape == (4, 4)
+    # garage's MetaEvaluator beside the one-episode budget: reported over the episodes after its 10
+    garage = summary["meta-evaluator"]
+    assert (garage["n_tasks"], garage["episodes"], garage["adaptation_episodes"]) == (10, 13, 10)  # the run's final tasks
+    assert garage["evaluation"]["return_mean"] == pytest.approx(np.mean(garage["return_per_episode"][10:]))
+    assert main(["eval", str(tmp_path / "run"), "--protocol", "meta-evaluator", "--exploration-episodes", "3"]) == 2
+
+
+def test_the_meta_evaluator_protocol_explores_in_its_adaptation_episodes_then_adapts_once():
+    """garage's MetaEvaluator: MAML gathers all 10 adaptation episodes with the meta-parameters,
+    takes its step, then acts adapted; the same as a 13-episode trial of a learner set to explore
+    for 10, unlike the run's own 1-episode budget. An in-memory learner runs it as any trial."""
+    from trmrl.algos.maml import MAML
+    from trmrl.evaluate import MetaTester, resolve_protocol
+    from trmrl.tasks import make_task_distribution
+
+    config = get_preset("point-nav", "maml").replace(seed=1, maml={"hidden_sizes": (8, 8), "inner_lr": 1.0})
+    distribution = make_task_distribution("point-nav")
+    learner = MAML(config, distribution).meta_learner()
+    garage = MetaTester(distribution, resolve_protocol("meta-evaluator", "point-nav", n_tasks=3), 20, seed=0)
+    trial = MetaTester(distribution, resolve_protocol("adaptation", "point-nav", n_tasks=3, episodes=13), 20, seed=0)
+    explored = garage.run(learner).returns
+    assert explored.shape == (3, 13)
+    np.testing.assert_array_equal(explored, trial.run(learner.with_exploration_episodes(10)).returns)
+    once = trial.run(learner).returns  # the run's budget: adapted after episode 0
+    assert not np.array_equal(explored[:, 1:10], once[:, 1:10])
+    np.testing.assert_array_equal(explored[:, 10:], explored[:, [10]].repeat(3, axis=1))  # one adapted mean policy, point-nav's fixed start
 
 
 def test_maml_config_is_validated():

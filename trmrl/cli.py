@@ -35,7 +35,7 @@ USAGE = """usage:
   trmrl train [PRESET] --config FILE [...]    the same from a TOML/YAML file or a run's config.json
   trmrl train --resume RUN_DIR [--total-env-steps N] [--device D]
   trmrl train ... --nproc N                   the same over N processes on this machine (torchrun)
-  trmrl eval RUN_DIR|CHECKPOINT [--protocol during-training|adaptation|ood] [--n-tasks N]
+  trmrl eval RUN_DIR|CHECKPOINT [--protocol adaptation|ood|meta-evaluator|...] [--n-tasks N]
              [--episodes K] [--sampled] [--seed S] [--attention]
   trmrl plot RUN_DIR [RUN_DIR ...] [--out DIR] [--no-paper]   learning and adaptation curves over seeds
   trmrl sweep PRESET --grid FIELD=V1,V2 [--seeds 1 2 3] [--jobs N] [--baseline FIELD=V] [--FIELD VALUE ...]
@@ -308,9 +308,20 @@ def _print_summary(summary: dict, run_dir: Path, preset: str, algo: str) -> None
             print("oracle: a greedy agent that knows the goal; gap closed: (return - random) / (oracle - random)")
         if paper:
             print(f"paper: {paper.label}, the mean of its 3 seeds read from its plot")
+        if part.get("adaptation_episodes") and not success:
+            _print_evaluation_return(part["evaluation"], part["random_evaluation"]["return_mean"],
+                                     part["adaptation_episodes"], part["episodes"])
         if success:
             _print_success_by_class(part["evaluation"], part["per_class"], part["adaptation_episodes"], part["episodes"])
     print(f"run directory: {run_dir}")
+
+
+def _print_evaluation_return(evaluation: dict, random: float, adaptation_episodes: int, episodes: int) -> None:
+    """The return a protocol with adaptation episodes reports: over its evaluation episodes."""
+    print(f"return over episodes {adaptation_episodes}-{episodes - 1} (after {adaptation_episodes} adaptation "
+          f"episodes; MAML and PEARL explore in them): {evaluation['return_mean']:.2f} "
+          f"[{evaluation['return_mean_ci_low']:.2f}, {evaluation['return_mean_ci_high']:.2f}], 95% CI over tasks "
+          f"(random policy {random:.2f})")
 
 
 def _print_success_by_class(overall: dict, per_class: dict, adaptation_episodes: int, episodes: int,
@@ -458,7 +469,9 @@ def eval_command(args: list[str]) -> None:
                              "during-training: 30 fresh tasks x 2 episodes, as logged while training; "
                              "metaworld: every held-out class and goal, 10 adaptation then 3 evaluation episodes; "
                              "paper-metaworld: the paper's MetaWorld measurement (the author's evaluator), 10 held-out "
-                             "tasks x 10 one-episode trials, sampled actions, success at any step")
+                             "tasks x 10 one-episode trials, sampled actions, success at any step; "
+                             "meta-evaluator: garage's MetaEvaluator for MAML and PEARL, 20 held-out tasks, 10 "
+                             "adaptation (MAML, PEARL: exploration) episodes, then 3 evaluation episodes")
     parser.add_argument("--n-tasks", type=int, default=None, help="tasks (protocol default)")
     parser.add_argument("--episodes", type=int, default=None, help="episodes per trial (protocol default)")
     actions = parser.add_mutually_exclusive_group()
@@ -482,13 +495,16 @@ def eval_command(args: list[str]) -> None:
         raise ConfigError(f"--attention shows TrMRL's attention over its working memories; this run's algorithm "
                           f"is '{config.algo}'")
     learner = algorithm.meta_learner()
+    protocol = resolve_protocol(ns.protocol, config.task.name, n_tasks=ns.n_tasks, episodes=ns.episodes,
+                                deterministic=ns.deterministic)
     if ns.exploration_episodes is not None:
         if not isinstance(learner, ExploresFirst) or ns.exploration_episodes < 1:
             raise ConfigError("--exploration-episodes takes a count >= 1 and applies to MAML and PEARL runs "
                               f"(this run's algorithm is '{config.algo}')")
+        if protocol.adaptation_episodes:
+            raise ConfigError(f"protocol '{protocol.name}' explores in its {protocol.adaptation_episodes} adaptation "
+                              "episodes; --exploration-episodes applies to protocols without them")
         learner = learner.with_exploration_episodes(ns.exploration_episodes)
-    protocol = resolve_protocol(ns.protocol, config.task.name, n_tasks=ns.n_tasks, episodes=ns.episodes,
-                                deterministic=ns.deterministic)
     seed = config.eval.seed if ns.seed is None else ns.seed
     distribution = make_task_distribution(config.task.name, **config.task_options())
     tester = MetaTester(distribution, protocol, config.task.max_episode_steps, seed, config.task.vector_env)
@@ -528,6 +544,9 @@ def eval_command(args: list[str]) -> None:
         print(line)
     if paper:
         print(f"paper: {paper.label}, the mean of its 3 seeds read from its plot")
+    if protocol.adaptation_episodes and result.successes is None:
+        _print_evaluation_return(result.summary(), random.summary()["return_mean"], protocol.adaptation_episodes,
+                                 protocol.episodes)
     if result.successes is not None:
         _print_success_by_class(result.summary(), result.per_class(), protocol.adaptation_episodes, protocol.episodes,
                                 protocol.trials_per_task)

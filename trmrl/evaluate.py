@@ -25,7 +25,7 @@ from torch import Tensor
 from trmrl import distributed
 from trmrl.config import TrainConfig
 from trmrl.errors import ConfigError
-from trmrl.protocols import InMemoryLearner, MetaLearner, Policy, Starts, Step
+from trmrl.protocols import ExploresFirst, InMemoryLearner, MetaLearner, Policy, Starts, Step
 from trmrl.rundir import write_text
 from trmrl.sampler import TrialSampler, VectorEnvKind, episode_returns, episode_successes, first_episode_rewards
 from trmrl.seeding import Stream, numpy_rng, random_rows, task_streams
@@ -48,7 +48,10 @@ class EvalProtocol:
     action_stream: Stream = Stream.TEST_ACTIONS
     adaptation_episodes: int = 0
     """The first episodes of a trial are adaptation; the rest are the evaluation episodes whose
-    success and return the protocol reports (0: every episode is reported alike)."""
+    success and return the protocol reports (0: every episode is reported alike). A learner that
+    adapts in memory acts in them as in any episode; one that explores first (MAML's gradient step,
+    PEARL's posterior) explores in all of them and adapts after the last, as garage's
+    MetaEvaluator (n_exploration_eps) gives both."""
     every_test_task: bool = False
     """Run every task of the held-out list once (MetaWorld: every test class and goal) instead
     of n_tasks drawn ones."""
@@ -81,6 +84,11 @@ PROTOCOLS: dict[str, EvalProtocol] = {
     # 10 exploration episodes before them change nothing and are not run), sampled actions, an
     # episode succeeds if any of its steps does
     "paper-metaworld": EvalProtocol("paper-metaworld", 10, 1, deterministic=False, trials_per_task=10),
+    # garage's MetaEvaluator as its MAML-TRPO and PEARL runs use it (src/garage/experiment/
+    # meta_evaluator.py: n_exploration_eps=10 episodes, adapt once, then the adapted policy's
+    # episodes): 20 held-out tasks, 10 adaptation episodes, then 3 evaluation episodes in the same
+    # trial; the in-memory learners get the same 10 episodes of experience first
+    "meta-evaluator": EvalProtocol("meta-evaluator", 20, 13, adaptation_episodes=10),
 }
 
 
@@ -272,6 +280,8 @@ class MetaTester:
         if not isinstance(learner, MetaLearner):  # a bare policy adapts in its memory, if at all
             learner = InMemoryLearner(learner)
         p = self.protocol
+        if p.adaptation_episodes and isinstance(learner, ExploresFirst):  # its budget: every adaptation episode
+            learner = learner.with_exploration_episodes(p.adaptation_episodes)
         tasks = self.tasks(index) if tasks is None else list(tasks)
         trials = [task for task in tasks for _ in range(p.trials_per_task)]  # a task's trials side by side
         seeds, generators = self.streams(index, range(len(trials)))
@@ -375,12 +385,16 @@ class RandomPolicy:
         return torch.zeros(len(inputs))
 
 
-def final_protocols(task: str, distribution: TaskDistribution | None = None, also: Sequence[str] = ()) -> list[str]:
+def final_protocols(task: str, distribution: TaskDistribution | None = None, also: Sequence[str] = (),
+                    explores_first: bool = False) -> list[str]:
     """What runs after training: the fast-adaptation protocol; the out-of-distribution one for a
     task that has an OOD pair (cheetah-vel: the paper's Fig. 5 and 6); MetaWorld's protocol over
-    every held-out task for a distribution that lists them; then the run's `eval.also`."""
+    every held-out task for a distribution that lists them; for a learner that explores before it
+    adapts (MAML, PEARL), its reference evaluator's budget ('meta-evaluator') beside the
+    fast-adaptation protocol's one episode; then the run's `eval.also`."""
     ours = (["adaptation"] + (["ood"] if registration(task).ood else [])
-            + (["metaworld"] if isinstance(distribution, TaskList) else []))
+            + (["metaworld"] if isinstance(distribution, TaskList) else [])
+            + (["meta-evaluator"] if explores_first else []))
     return ours + [name for name in also if name not in ours]
 
 
@@ -392,8 +406,10 @@ def final_meta_test(config: TrainConfig, learner: MetaLearner, distribution: Tas
     summary, the others nested under their protocol's name."""
     e = config.eval
     summaries = {}
-    for name in final_protocols(config.task.name, distribution, e.also):
-        if name in e.also:  # as the protocol defines it (its action mode, trials, episodes), on more tasks
+    for name in final_protocols(config.task.name, distribution, e.also, isinstance(learner, ExploresFirst)):
+        if name == "meta-evaluator" and name not in e.also:  # the fast-adaptation protocol's tasks, its own episodes
+            changes = {"deterministic": e.deterministic, "n_tasks": e.final_n_tasks}
+        elif name in e.also:  # as the protocol defines it (its action mode, trials, episodes), on more tasks
             changes = {} if PROTOCOLS[name].every_test_task else {"n_tasks": max(e.final_n_tasks, PROTOCOLS[name].n_tasks)}
         else:
             changes = {"deterministic": e.deterministic}
@@ -411,6 +427,8 @@ def final_meta_test(config: TrainConfig, learner: MetaLearner, distribution: Tas
             "return_per_episode": np.nanmean(result.returns, axis=0).tolist(),
             "random_return_per_episode": np.nanmean(random.returns, axis=0).tolist(),
         }
+        if p.adaptation_episodes:  # what the protocol reports: its evaluation episodes
+            summaries[name] |= {"evaluation": result.summary(), "random_evaluation": random.summary()}
         if oracle is not None:
             summaries[name] |= {"oracle_return_per_episode": np.nanmean(oracle.returns, axis=0).tolist(),
                                 "gap_closed_per_episode": gap_closed(result.returns, random.returns,
