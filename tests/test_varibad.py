@@ -189,3 +189,40 @@ def test_varibad_learns_point_nav_beyond_a_memoryless_agent(tmp_path):
     first, second = summary["return_per_episode"]
     floor = memoryless_return(config)
     assert first > floor + 2.0 and (first + second) / 2 > floor + 1.0, (first, second, floor)
+
+
+def test_advantages_are_normalised_over_the_batch_and_the_vae_clipped_per_module(monkeypatch):
+    """The MuJoCo presets as the authors' code: ppo.py normalises the advantages once over the update's samples
+    (every minibatch then sees its share, not a standardised copy), and vae.py clips the encoder's
+    and the reward decoder's gradients each to its own norm."""
+    from trmrl import optim, ppo
+
+    config = tiny_varibad(clip_per_module=True, norm_adv_per_batch=True)  # as the MuJoCo presets
+    assert get_preset("cheetah-vel", "varibad").varibad.norm_adv_per_batch and not get_preset("point-nav", "varibad").varibad.clip_per_module
+    algo = VariBAD(config, make_task_distribution("point-nav-xy"))
+    tasks = make_task_distribution("point-nav-xy").sample(np.random.default_rng(0), 4, "train")
+    rollout = algo.sampler.collect(algo.policy, tasks, *task_streams(3, 2, 3, 0, range(4)))
+    seen, clipped = [], []
+    surrogate, step = ppo.clipped_surrogate, optim.gradient_step
+
+    def recording_surrogate(log_probs, old_log_probs, advantages, *args, **kwargs):
+        seen.append(advantages.detach().clone())
+        return surrogate(log_probs, old_log_probs, advantages, *args, **kwargs)
+
+    def recording_step(loss, optimizer, params, max_grad_norm, what, *args, clip_groups=None, **kwargs):
+        out = step(loss, optimizer, params, max_grad_norm, what, *args, clip_groups=clip_groups, **kwargs)
+        if what == "VAE":  # the norms the step left, one per module
+            clipped.append([float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in group])))
+                            for group in clip_groups])
+        return out
+
+    monkeypatch.setattr(ppo, "clipped_surrogate", recording_surrogate)
+    monkeypatch.setattr("trmrl.algos.varibad.gradient_step", recording_step)
+    algo.config = config.replace(varibad={"vae_max_grad_norm": 1e-3})  # small enough to bind on each module
+    algo.update(rollout, 0, torch.Generator().manual_seed(0))
+    per_pass = len(seen) // config.ppo.update_epochs
+    batch = torch.cat(seen[:per_pass])  # one pass over the 80 samples
+    assert len(batch) == 4 * 2 * 10 and abs(float(batch.mean())) < 1e-5 and abs(float(batch.std()) - 1) < 1e-3
+    assert any(abs(float(a.mean())) > 1e-3 for a in seen)  # a minibatch is not standardised on its own
+    (norms,) = clipped
+    assert len(norms) == 2 and all(n == pytest.approx(1e-3, rel=1e-3) for n in norms)  # encoder, reward decoder: each at the clip

@@ -120,7 +120,8 @@ class PPOConfig:
     weight_decay: float = 0.0
     """AdamW weight decay (paper: 0.01, torch 1.7's default)."""
     norm_adv: bool = True
-    """Normalise advantages per minibatch (paper: off)."""
+    """Normalise advantages per minibatch (paper: off; VariBAD's MuJoCo presets: once over the
+    epoch's samples, `varibad.norm_adv_per_batch`)."""
     value_loss: ValueLoss = "mse"
     """'nll': Gaussian negative log-likelihood of the return with a learned sigma (paper);
     'mse': half squared error."""

@@ -16,6 +16,7 @@ from trmrl.errors import DivergenceError
 def gradient_step(
     loss: Tensor | None, optimizer: torch.optim.Optimizer, params: Sequence[Tensor], max_grad_norm: float | None,
     what: str, extras: Tensor | None = None, data_parallel: bool = False,
+    clip_groups: Sequence[Sequence[Tensor]] | None = None,
 ) -> Tensor:
     """One optimiser step on `loss`; a non-finite loss is a DivergenceError (the run keeps its
     last good checkpoint) rather than a silent NaN in the weights. Returns [loss, *extras].
@@ -23,7 +24,10 @@ def gradient_step(
     `data_parallel`: `loss` is this process's share of a minibatch's loss (None: it holds no row
     of it); the gradients, the loss and `extras` are summed over the processes in one all-reduce
     before clipping, so every process steps on the whole minibatch's gradient and all of them
-    stop alike on a non-finite loss. The returned numbers are the sums."""
+    stop alike on a non-finite loss. The returned numbers are the sums.
+
+    `clip_groups`: parts of `params` whose gradient norms are clipped to `max_grad_norm` each
+    (VariBAD's encoder and decoders); default: all of `params` as one."""
     numbers = torch.zeros(1) if loss is None else loss.detach().reshape(1).cpu()
     if extras is not None:
         numbers = torch.cat([numbers, extras.detach().reshape(-1).cpu()])
@@ -41,6 +45,7 @@ def gradient_step(
         if not torch.isfinite(numbers[0]):
             raise DivergenceError(f"non-finite {what} loss ({numbers[0].item()}) in a process of the run")
     if max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        for group in clip_groups or [params]:
+            torch.nn.utils.clip_grad_norm_(group, max_grad_norm)
     optimizer.step()
     return numbers

@@ -276,6 +276,9 @@ _VARIBAD_PPO = dict(gamma=0.97, gae_lambda=0.9, clip_coef=0.1, ent_coef=0.01, po
                     policy_lr_decay=False, value_lr_decay=False, weight_decay=0.0, norm_adv=True, value_loss="mse",
                     max_grad_norm=0.5, gae_across_episodes=True, bootstrap_truncation=True)
 _VARIBAD_TRIALS = 16 * 2 * 200  # 16 trials of 2 x 200 steps per update
+# the authors' ppo.py normalises the advantages once per update; vae.py clips the encoder's and
+# the reward decoder's gradients apart (encoder_max_grad_norm = decoder_max_grad_norm = 1.0)
+_VARIBAD_MUJOCO = VariBADConfig(clip_per_module=True, norm_adv_per_batch=True)
 ALGO_PRESETS |= {
     ("point-nav", "varibad"): (
         "point-nav's PPO settings (this project) with VariBAD's entropy 0.01 and the authors' VAE",
@@ -283,17 +286,17 @@ ALGO_PRESETS |= {
     ),
     ("cheetah-vel", "varibad"): (
         "the authors' cheetah-vel config (16 trials, 2 PPO epochs x 8 minibatches, clip 0.1)",
-        with_algorithm(PRESETS["cheetah-vel"][1], "varibad", task={"tasks_per_epoch": 16}, varibad=VariBADConfig(),
+        with_algorithm(PRESETS["cheetah-vel"][1], "varibad", task={"tasks_per_epoch": 16}, varibad=_VARIBAD_MUJOCO,
                                           ppo=dict(_VARIBAD_PPO, update_epochs=2, minibatch_size=_VARIBAD_TRIALS // 8)),
     ),
     ("cheetah-dir", "varibad"): (
         "the authors' cheetah-dir config (16 PPO epochs x 4 minibatches)",
-        with_algorithm(PRESETS["cheetah-dir"][1], "varibad", task={"tasks_per_epoch": 16}, varibad=VariBADConfig(),
+        with_algorithm(PRESETS["cheetah-dir"][1], "varibad", task={"tasks_per_epoch": 16}, varibad=_VARIBAD_MUJOCO,
                                           ppo=dict(_VARIBAD_PPO, update_epochs=16, minibatch_size=_VARIBAD_TRIALS // 4)),
     ),
     ("ant-dir", "varibad"): (
         "the authors' ant-dir config (2 PPO epochs, one minibatch)",
-        with_algorithm(PRESETS["ant-dir"][1], "varibad", task={"tasks_per_epoch": 16}, varibad=VariBADConfig(),
+        with_algorithm(PRESETS["ant-dir"][1], "varibad", task={"tasks_per_epoch": 16}, varibad=_VARIBAD_MUJOCO,
                                       ppo=dict(_VARIBAD_PPO, update_epochs=2, minibatch_size=_VARIBAD_TRIALS)),
     ),
 }

@@ -90,8 +90,16 @@ class VariBADConfig:
     """ELBO terms (beliefs) per trajectory and VAE step, drawn uniformly."""
     subsample_decodes: int = 50
     """Rewards decoded per ELBO term, drawn uniformly over the whole trajectory (past and future)."""
-    vae_max_grad_norm: float = 1.0
-    """Gradient-norm clip of the VAE step."""
+    vae_max_grad_norm: float | None = 1.0
+    """Gradient-norm clip of the VAE step (None: none, the authors' point-robot config)."""
+    clip_per_module: bool = False
+    """Clip the encoder's and each decoder's gradient to vae_max_grad_norm apart, as the authors'
+    vae.py (encoder_max_grad_norm, decoder_max_grad_norm; the MuJoCo presets); off: their
+    gradients as one."""
+    norm_adv_per_batch: bool = False
+    """With ppo.norm_adv: normalise the advantages once over the epoch's samples before the
+    minibatches, as the authors' ppo.py (the MuJoCo presets); off: per minibatch, as TrMRL's and
+    RL^2's PPO."""
     normalize_inputs: bool = True
     """Normalise the policy's (state, belief) input by running mean and variance."""
     normalize_rewards: bool = True
@@ -104,6 +112,7 @@ class VariBADConfig:
         require(self.vae_updates >= 0, "varibad.vae_updates must be >= 0")
         require(self.vae_lr > 0, "varibad.vae_lr must be > 0")
         require(self.kl_weight >= 0, "varibad.kl_weight must be >= 0")
+        require(self.vae_max_grad_norm is None or self.vae_max_grad_norm > 0, "varibad.vae_max_grad_norm must be > 0")
         require(self.init_std > 0, "varibad.init_std must be > 0")
 
 
@@ -459,9 +468,12 @@ class VariBAD(OnPolicyLoop):
     def meta_learner(self) -> InMemoryLearner:
         return InMemoryLearner(self.policy)
 
+    def vae_modules(self) -> list[nn.Module]:
+        """The encoder and the decoders: one optimiser, each module's gradient clipped apart."""
+        return [self.encoder, self.decoder] + ([self.state_decoder] if self.state_decoder is not None else [])
+
     def vae_parameters(self) -> list[nn.Parameter]:
-        decoders = [self.decoder] + ([self.state_decoder] if self.state_decoder is not None else [])
-        return [p for m in (self.encoder, *decoders) for p in m.parameters()]
+        return [p for m in self.vae_modules() for p in m.parameters()]
 
     def _modules(self) -> dict[str, nn.Module]:
         modules = {"encoder": self.encoder, "decoder": self.decoder, "model": self.model,
@@ -508,6 +520,9 @@ class VariBAD(OnPolicyLoop):
         x = self.policy.policy_inputs(raw)
         scaled = dataclasses.replace(rollout, rewards=self.normalized_rewards(rollout))
         advantages, returns = (a.flatten() for a in ppo.advantages_and_returns(scaled, p))
+        if p.norm_adv and v.norm_adv_per_batch:  # the authors' ppo.py: once over the batch, before the minibatches
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-5)
+            p = dataclasses.replace(p, norm_adv=False)
         actions, old_log_probs = rollout.actions.flatten(0, 1), rollout.log_probs.flatten()
         model = self.model
 
@@ -534,7 +549,8 @@ class VariBAD(OnPolicyLoop):
         for _ in range(v.vae_updates):
             loss, reconstruction, kl = elbo_loss(self.encoder, self.decoder, self.buffer.sample(v.vae_batch, generator),
                                                  v, generator, self.state_decoder)
-            gradient_step(loss, self.optimizers["vae"], self.vae_parameters(), v.vae_max_grad_norm, "VAE")
+            gradient_step(loss, self.optimizers["vae"], self.vae_parameters(), v.vae_max_grad_norm, "VAE",
+                          clip_groups=[list(m.parameters()) for m in self.vae_modules()] if v.clip_per_module else None)
             for key, value in zip(vae, (loss, reconstruction, kl)):
                 vae[key] += float(value.detach()) / v.vae_updates
         return metrics | vae, len(x)
