@@ -399,3 +399,25 @@ def test_plot_style_picks_panels_curves_and_size(tmp_path):
     p = mpl.rcParams
     assert w == pytest.approx(4 * 72 * (p["figure.subplot.right"] - p["figure.subplot.left"]), abs=0.1)
     assert h == pytest.approx(3 * 72 * (p["figure.subplot.top"] - p["figure.subplot.bottom"]), abs=0.1)
+
+
+def test_probability_of_improvement_scores_the_evaluation_episodes_of_every_trial(tmp_path):
+    """A protocol with adaptation episodes is scored on the episodes after them (MAML explores
+    badly in its 10 and is then the better agent), and one of several trials per task on all of
+    its trials, not the first one's episodes alone."""
+    import csv
+    from types import SimpleNamespace
+
+    from trmrl.plot import evaluation_score, improvement_table
+
+    tasks = [{"name": "t", "params": [float(i)]} for i in range(4)]
+    explores = np.array([[-20.0] * 10 + [-5.0] * 3] * 4)  # bad while exploring, good after
+    in_memory = np.array([[-8.0] * 13] * 4)
+    runs = [SimpleNamespace(label=label, adaptation={"returns": (r + 0.1 * s).tolist(), "episodes": 13,
+                                                     "adaptation_episodes": 10, "tasks": tasks})
+            for label, r in (("maml", explores), ("trmrl", in_memory)) for s in range(3)]
+    rows = {(r["x"], r["y"]): float(r["p_x_beats_y"])
+            for r in csv.DictReader(improvement_table(runs, tmp_path)[0].open())}
+    assert rows[("maml", "trmrl")] == 1.0 and rows[("trmrl", "maml")] == 0.0
+    trials = {"returns": [[0.0, 1.0, 10.0, 11.0]], "episodes": 2, "adaptation_episodes": 1}  # 2 trials of 2
+    assert evaluation_score(trials, 2).tolist() == [6.0]  # episode 1 of each trial

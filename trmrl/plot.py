@@ -253,18 +253,27 @@ def adaptation_curves(runs: list[Run]) -> dict[str, tuple[np.ndarray, list[Aggre
     return out
 
 
+def evaluation_score(result: dict, episodes: int) -> np.ndarray:
+    """A result's score per task: its return averaged over the evaluation episodes (those after the
+    protocol's adaptation episodes, among the first `episodes` of each trial) of all its trials."""
+    returns = np.array(result["returns"], dtype=float)
+    per_trial, adapting = result["episodes"], result.get("adaptation_episodes", 0)
+    kept = [t * per_trial + k for t in range(returns.shape[1] // per_trial)
+            for k in range(adapting, min(per_trial, episodes))]
+    return np.nanmean(returns[:, kept], axis=1)
+
+
 def improvement_table(runs: list[Run], out: Path) -> list[Path]:
     """For every ordered pair of groups evaluated on the same held-out tasks: the probability that
-    a run of the first beats a run of the second on a task (its return averaged over the trial's
-    episodes), with a 95% CI over runs resampled within tasks; written to
-    out/probability_of_improvement.csv. Nothing for fewer than two groups or differing tasks."""
+    a run of the first beats a run of the second on a task (`evaluation_score`: its return over
+    the evaluation episodes of its trials), with a 95% CI over runs resampled within tasks; written
+    to out/probability_of_improvement.csv. Nothing for fewer than two groups or differing tasks."""
     groups = _adaptation_groups(runs)
     results = [r for members in groups.values() for r in members]
     if len(groups) < 2 or any(r["tasks"] != results[0]["tasks"] for r in results):
         return []
     episodes = min(r["episodes"] for r in results)
-    scores = {label: np.stack([np.nanmean(np.array(r["returns"], dtype=float)[:, :episodes], axis=1) for r in members])
-              for label, members in groups.items()}
+    scores = {label: np.stack([evaluation_score(r, episodes) for r in members]) for label, members in groups.items()}
     path = out / "probability_of_improvement.csv"
     out.mkdir(parents=True, exist_ok=True)
     table = io.StringIO()
