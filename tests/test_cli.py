@@ -362,7 +362,12 @@ def test_tracking_logs_the_same_keys_to_weights_and_biases_offline(tmp_path, mon
     assert all(key.encode() in data for key in keys), [k for k in keys if k.encode() not in data]
     assert b"window" in data and b"torch" in data  # the config and the versions
     run_id = (tmp_path / "run" / "wandb-id").read_text().strip()
+    def records() -> set[tuple[str, int, int]]:
+        return {(str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in (tmp_path / "run" / "wandb").rglob("*.wandb")}
+
+    before = records()
     train(config.replace(total_env_steps=240), tmp_path / "run", resume=True)
+    assert records() - before  # the resume wrote a record
     assert (tmp_path / "run" / "wandb-id").read_text().strip() == run_id
     # the same run, continued: every start wrote under the run's id (one directory per start, named by its
     # second, so two starts within one second share one)

@@ -466,12 +466,12 @@ def eval_command(args: list[str]) -> None:
     parser.add_argument("--protocol", default="adaptation", choices=list(PROTOCOLS),
                         help="adaptation (default): the paper's fast adaptation, 20 held-out tasks x 6 episodes; "
                              "ood: the same on the run's out-of-distribution tasks (cheetah-vel: U[3, 4]); "
-                             "during-training: 30 fresh tasks x 2 episodes, as logged while training; "
+                             "during-training: 30 held-out tasks x 2 episodes, as logged while training (the same tasks); "
                              "metaworld: every held-out class and goal, 10 adaptation then 3 evaluation episodes; "
                              "paper-metaworld: the paper's MetaWorld measurement (the author's evaluator), 10 held-out "
                              "tasks x 10 one-episode trials, sampled actions, success at any step; "
                              "meta-evaluator: garage's MetaEvaluator for MAML and PEARL, 20 held-out tasks, 10 "
-                             "adaptation (MAML, PEARL: exploration) episodes, then 3 evaluation episodes")
+                             "adaptation (MAML, PEARL: exploration) episodes as garage's, then 3 evaluation episodes")
     parser.add_argument("--n-tasks", type=int, default=None, help="tasks (protocol default)")
     parser.add_argument("--episodes", type=int, default=None, help="episodes per trial (protocol default)")
     actions = parser.add_mutually_exclusive_group()

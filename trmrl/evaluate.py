@@ -84,10 +84,12 @@ PROTOCOLS: dict[str, EvalProtocol] = {
     # 10 exploration episodes before them change nothing and are not run), sampled actions, an
     # episode succeeds if any of its steps does
     "paper-metaworld": EvalProtocol("paper-metaworld", 10, 1, deterministic=False, trials_per_task=10),
-    # garage's MetaEvaluator as its MAML-TRPO and PEARL runs use it (src/garage/experiment/
-    # meta_evaluator.py: n_exploration_eps=10 episodes, adapt once, then the adapted policy's
-    # episodes): 20 held-out tasks, 10 adaptation episodes, then 3 evaluation episodes in the same
-    # trial; the in-memory learners get the same 10 episodes of experience first
+    # garage's MetaEvaluator's exploration budget (src/garage/experiment/meta_evaluator.py:
+    # n_exploration_eps=10 episodes, adapt, then the adapted policy's n_test_episodes, 1 by default,
+    # 10 in its cheetah-dir MAML example): 20 held-out tasks, 10 adaptation episodes, then 3
+    # evaluation episodes (metaworld's count) in the same trial, mean actions as the other
+    # protocols (garage's MAML samples); the in-memory learners get the same 10 episodes of
+    # experience first
     "meta-evaluator": EvalProtocol("meta-evaluator", 20, 13, adaptation_episodes=10),
 }
 
@@ -389,12 +391,13 @@ def final_protocols(task: str, distribution: TaskDistribution | None = None, als
                     explores_first: bool = False) -> list[str]:
     """What runs after training: the fast-adaptation protocol; the out-of-distribution one for a
     task that has an OOD pair (cheetah-vel: the paper's Fig. 5 and 6); MetaWorld's protocol over
-    every held-out task for a distribution that lists them; for a learner that explores before it
+    every held-out task for a distribution that lists them (where a learner that explores first
+    explores for its 10 adaptation episodes); elsewhere, for a learner that explores before it
     adapts (MAML, PEARL), its reference evaluator's budget ('meta-evaluator') beside the
     fast-adaptation protocol's one episode; then the run's `eval.also`."""
-    ours = (["adaptation"] + (["ood"] if registration(task).ood else [])
-            + (["metaworld"] if isinstance(distribution, TaskList) else [])
-            + (["meta-evaluator"] if explores_first else []))
+    listed = isinstance(distribution, TaskList)  # metaworld's protocol already explores for 10 there
+    ours = (["adaptation"] + (["ood"] if registration(task).ood else []) + (["metaworld"] if listed else [])
+            + (["meta-evaluator"] if explores_first and not listed else []))
     return ours + [name for name in also if name not in ours]
 
 

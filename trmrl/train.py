@@ -85,7 +85,7 @@ def train(config: TrainConfig, run_dir: Path, *, resume: bool = False, max_epoch
     e = config.eval
     tester = MetaTester(distribution, during_training(e.n_tasks, e.episodes, e.deterministic),
                         config.task.max_episode_steps, e.seed, config.task.vector_env)
-    # the run's other protocols (`eval.also`), as they are defined, on fresh tasks at each meta-test
+    # the run's other protocols (`eval.also`), as they are defined, on the tasks `eval.same_tasks` says
     also = {name: MetaTester(distribution, resolve_protocol(name, config.task.name), config.task.max_episode_steps,
                              e.seed, config.task.vector_env) for name in e.also}
     end = config.n_epochs if max_epochs is None else min(config.n_epochs, start + max_epochs)

@@ -94,8 +94,8 @@ def load_config(data: dict[str, Any]) -> TrainConfig:
 
     import_modules(data.get("imports", ()))  # the run's own task distributions and algorithms
     name = data.get("algo", "trmrl")  # the oldest runs recorded no algorithm: they were TrMRL's
-    if "eval" in data and "same_tasks" not in data["eval"]:  # written when every meta-test drew fresh tasks
-        data = {**data, "eval": {**data["eval"], "same_tasks": False}}
+    if "same_tasks" not in data.get("eval", {}):  # written when every meta-test drew fresh tasks
+        data = {**data, "eval": {**data.get("eval", {}), "same_tasks": False}}
     return run_config_from_dict(data, config_class(name))
 
 
