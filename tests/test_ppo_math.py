@@ -120,3 +120,52 @@ def test_the_cheetah_vel_update_runs_320_steps_on_a_312_step_clock():
     assert policy.steps_per_epoch == value.steps_per_epoch == 312  # floor(10 * 8000 / 256)
     assert policy(32000) == pytest.approx(3e-5 * 0.1 ** (3 / 650)) and value(32000) == 2.5e-4  # value LR: constant
     assert TrMRL(config, make_task_distribution("cheetah-vel")).steps_per_epoch == 320  # 10 * ceil(8000 / 256)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_a_compiled_update_equals_the_eager_one(share):
+    """`ppo.compile`: the same minibatches through one compiled graph per phase give the eager
+    update's metrics and weights at float rounding, and the compiled steps are what ran."""
+    import dataclasses
+
+    import numpy as np
+    from conftest import tiny_config
+
+    from trmrl.algos.trmrl import TrMRL
+    from trmrl.tasks import make_task_distribution
+
+    base = tiny_config()
+    # 80 samples in minibatches of 16: one shape per phase, so each compiles once
+    ppo_config = dataclasses.replace(base.ppo, minibatch_size=16, norm_adv=True, ent_coef=0.01, value_loss="nll")
+    config = dataclasses.replace(base, ppo=ppo_config, model=dataclasses.replace(base.model, share_network=share))
+    distribution = make_task_distribution("point-nav")
+    eager = TrMRL(config, distribution)
+    compiled = TrMRL(dataclasses.replace(config, ppo=dataclasses.replace(ppo_config, compile=True)), distribution)
+    assert eager.compiled is None and compiled.compiled is not None
+    calls = {"policy": 0, "value": 0}
+    for name, step in zip(calls, compiled.compiled, strict=True):
+        def counted(*args, _f=step.gradients, _name=name):
+            calls[_name] += 1
+            return _f(*args)
+        step.gradients = counted
+
+    tasks = distribution.sample(np.random.default_rng(0), 8, "train")
+    rollout = eager.sampler.collect(eager.policy, tasks, list(range(8)),
+                                    [torch.Generator().manual_seed(i) for i in range(8)])
+    for epoch in range(2):
+        metrics_e, _ = eager.update(rollout, epoch, torch.Generator().manual_seed(epoch))
+        metrics_c, _ = compiled.update(rollout, epoch, torch.Generator().manual_seed(epoch))
+        assert metrics_c == pytest.approx(metrics_e, rel=1e-4, abs=1e-6)
+    assert calls == {"policy": 2 * 2 * 5, "value": 2 * 2 * 5}  # 2 epochs x 2 passes x 5 minibatches
+    initial = dict(TrMRL(config, distribution).model.named_parameters())
+    moved = 0.0
+    for (name, p_e), p_c in zip(eager.model.named_parameters(), compiled.model.parameters(), strict=True):
+        if name.endswith("in_proj.bias"):
+            # the key bias's true gradient is 0 (it shifts every score of a query alike, and the
+            # softmax ignores that): both steps hand AdamW rounding noise there, which it scales
+            # up to full steps; compare the query and value biases only
+            d = len(p_e) // 3
+            p_e, p_c = torch.cat([p_e[:d], p_e[2 * d:]]), torch.cat([p_c[:d], p_c[2 * d:]])
+        torch.testing.assert_close(p_c, p_e, rtol=1e-4, atol=1e-6, msg=name)
+        moved = max(moved, float((dict(eager.model.named_parameters())[name] - initial[name]).detach().abs().max()))
+    assert moved > 1e-3  # the updates did move the weights

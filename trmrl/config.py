@@ -133,6 +133,11 @@ class PPOConfig:
     bootstrap_truncation: bool = True
     """At a time limit, bootstrap from the value of the final observation. The paper's code
     instead treats the trial's end as terminal (Monte-Carlo returns, value 0 past the end)."""
+    compile: bool = False
+    """Run each minibatch step's forward and backward passes as one compiled graph
+    (`torch.compile`; TrMRL's window memory, one process): the same minibatches and arithmetic,
+    equal to the eager step at float rounding, several times faster on small minibatches
+    (benchmarks/README.md). Compiling takes about a minute per phase when a run starts."""
 
     def __post_init__(self) -> None:
         require(0.0 < self.gamma <= 1.0, "ppo.gamma must be in (0, 1]")
@@ -222,7 +227,11 @@ class OnPolicyConfig(AlgorithmConfig):
     def steps_per_epoch(self, task: TaskConfig) -> int:
         return task.tasks_per_epoch * task.steps_per_trial
 
+    compiles: ClassVar[bool] = False
+    """Its update can run compiled (`ppo.compile`)."""
+
     def check(self, task: TaskConfig) -> None:
+        require(not self.ppo.compile or self.compiles, f"ppo.compile is not available for {self.name} (TrMRL only)")
         samples = self.steps_per_epoch(task)
         require(self.ppo.minibatch_size <= samples,
                 f"ppo.minibatch_size ({self.ppo.minibatch_size}) is larger than an epoch's {samples} samples "

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.func import functional_call, grad_and_value
 
 from trmrl import distributed
 from trmrl.config import PPOConfig
@@ -171,13 +172,77 @@ and advantage statistics from the batch it holds instead of asking the others.""
 
 
 @dataclass(frozen=True)
+class Gathered:
+    """A phase's terms in two parts, so that the model's part can be compiled: `gather` reads a
+    minibatch's tensors from the epoch's batch (index -> tensors, data alone) and `terms` runs
+    the model on them. Called with an index, it is the phase's `PolicyTerms` or `ValueTerms`."""
+
+    gather: Callable[[Tensor], tuple[Tensor, ...]]
+    terms: Callable[..., tuple[Tensor, ...]]
+
+    def __call__(self, index: Tensor) -> tuple[Tensor, ...]:
+        return self.terms(*self.gather(index))
+
+
+def policy_objective(log_probs: Tensor, old_log_probs: Tensor, advantages: Tensor, entropy: Tensor,
+                     config: PPOConfig) -> tuple[Tensor, Tensor]:
+    """One minibatch's policy loss (the clipped surrogate of its advantages, normalised over the
+    minibatch where `config.norm_adv`, minus the entropy bonus) and its log-ratios, detached."""
+    if config.norm_adv and len(advantages) > 1:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    loss = clipped_surrogate(log_probs, old_log_probs, advantages, config.clip_coef) - config.ent_coef * entropy
+    return loss, (log_probs - old_log_probs).detach()
+
+
+class _Objective(nn.Module):
+    """`model` as a submodule, so that `functional_call` swaps its parameters while `objective`
+    (a closure over the same model) runs."""
+
+    def __init__(self, model: nn.Module, objective: Callable[..., tuple[Tensor, Tensor]]) -> None:
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, *data: Tensor) -> tuple[Tensor, Tensor]:
+        return self.objective(*data)
+
+
+class CompiledStep:
+    """A phase's minibatch objective, forward and backward, as one compiled graph
+    (`torch.compile` over `torch.func.grad_and_value`). Small minibatches are bound by the cost
+    of each operator, not by their arithmetic (ML1's 32 windows through d_model 32: 5% of the
+    fp32 peak eager; benchmarks/README.md); one graph removes most of it. `objective(*data)`
+    returns (loss, aux); the call writes the loss's gradients into `params`' `.grad`, as
+    `loss.backward()` would, and returns (loss, aux). Compiled once per minibatch shape (an
+    epoch's last minibatch may be shorter), on the first call."""
+
+    def __init__(self, model: nn.Module, params: Sequence[nn.Parameter],
+                 objective: Callable[..., tuple[Tensor, Tensor]]) -> None:
+        wrapper = _Objective(model, objective)
+        names = {id(p): name for name, p in wrapper.named_parameters()}
+        self.trainable = [(names[id(p)], p) for p in params]
+
+        def loss(trainable: dict[str, Tensor], *data: Tensor) -> tuple[Tensor, Tensor]:
+            return functional_call(wrapper, trainable, data, strict=False)
+
+        self.gradients = torch.compile(grad_and_value(loss, has_aux=True), dynamic=False)
+
+    def __call__(self, *data: Tensor) -> tuple[Tensor, Tensor]:
+        grads, (loss, aux) = self.gradients({name: p.detach() for name, p in self.trainable}, *data)
+        for name, p in self.trainable:
+            p.grad = grads[name]
+        return loss, aux
+
+
+@dataclass(frozen=True)
 class Phase:
     """One phase of the update: its optimiser, the parameters it steps (for gradient clipping)
-    and its learning-rate schedule."""
+    and its learning-rate schedule; `compiled`: its minibatch objective as one graph (then the
+    phase's terms are `Gathered`, whose `gather` feeds it)."""
 
     optimizer: torch.optim.Optimizer
     params: Sequence[Tensor]
     schedule: LRSchedule
+    compiled: CompiledStep | None = None
 
 
 def ppo_update(
@@ -212,20 +277,21 @@ def ppo_update(
                     _data_parallel_step(name, phase, terms, distributed.minibatch_share(index), advantages(index),
                                         value_log_std, config, stats)
                     continue
+                compiled = phase.compiled
+                data = terms.gather(index) if compiled else ()  # type: ignore[union-attr]
                 if name == "value":
-                    predicted, returns = terms(index)  # type: ignore[misc]
-                    loss = value_loss(predicted, returns, value_log_std, config.value_loss)
-                    gradient_step(loss, phase.optimizer, phase.params, config.max_grad_norm, "value")
+                    if compiled:
+                        loss, _ = compiled(*data)
+                    else:
+                        predicted, returns = terms(index)  # type: ignore[misc]
+                        loss = value_loss(predicted, returns, value_log_std, config.value_loss)
+                    gradient_step(loss, phase.optimizer, phase.params, config.max_grad_norm, "value",
+                                  backward=not compiled)
                     stats["value_loss"].append(loss.item())
                     continue
-                log_probs, old_log_probs, advantages, entropy = terms(index)  # type: ignore[misc]
-                if config.norm_adv and len(advantages) > 1:
-                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-                loss = clipped_surrogate(log_probs, old_log_probs, advantages, config.clip_coef)
-                loss = loss - config.ent_coef * entropy
-                gradient_step(loss, phase.optimizer, phase.params, config.max_grad_norm, "policy")
+                loss, log_ratio = compiled(*data) if compiled else policy_objective(*terms(index), config)  # type: ignore[misc]
+                gradient_step(loss, phase.optimizer, phase.params, config.max_grad_norm, "policy", backward=not compiled)
                 with torch.no_grad():
-                    log_ratio = log_probs - old_log_probs
                     stats["approx_kl"].append(((log_ratio.exp() - 1) - log_ratio).mean().item())
                     stats["clipfrac"].append(((log_ratio.exp() - 1).abs() > config.clip_coef).float().mean().item())
                     stats["policy_loss"].append(loss.item())

@@ -27,7 +27,8 @@ from torch import Tensor
 from trmrl import distributed, ppo
 from trmrl.algos.common import InMemoryPPO, TwoPhaseOptimizers
 from trmrl.attention import attention_by_age, save_attention, sequence_attention_by_age
-from trmrl.config import OnPolicyConfig, PPOConfig, TrainConfig
+from trmrl.config import OnPolicyConfig, PPOConfig, TaskConfig, TrainConfig, require
+from trmrl.errors import ConfigError
 from trmrl.memory import Window, gather_windows
 from trmrl.nets.policy import MIN_LOG_STD, ActorCritic, MemoryScope, ModelConfig, PolicyOutput, gaussian_entropy
 from trmrl.nets.transformer import KVCache
@@ -48,6 +49,12 @@ class TrMRLAgent(OnPolicyConfig):
 
     name: ClassVar[str] = "trmrl"
     model: ModelConfig = field(default_factory=ModelConfig)
+    compiles: ClassVar[bool] = True
+
+    def check(self, task: TaskConfig) -> None:
+        super().check(task)
+        require(not self.ppo.compile or self.model.memory == "window",
+                "ppo.compile runs the window memory's update only (model.memory window)")
 
 
 class TrMRLPolicy:
@@ -232,6 +239,34 @@ def _policy_charts(model: ActorCritic) -> dict[str, float]:
         return {"losses/entropy": float(gaussian_entropy(log_std)), "charts/action_std": float(model.log_std.exp().mean())}
 
 
+def policy_terms(model: ActorCritic, windows: Tensor, lengths: Tensor, actions: Tensor, old_log_probs: Tensor,
+                 advantages: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`ppo.PolicyTerms` of a minibatch of windows (N, W, O) with lengths (N,)."""
+    out = model(windows, lengths)
+    return out.log_prob(actions), old_log_probs, advantages, out.entropy()
+
+
+def value_terms(model: ActorCritic, windows: Tensor, lengths: Tensor, returns: Tensor) -> tuple[Tensor, Tensor]:
+    """`ppo.ValueTerms` of a minibatch of windows."""
+    return model.value(windows, lengths), returns
+
+
+def compiled_steps(model: ActorCritic, config: PPOConfig) -> tuple[ppo.CompiledStep, ppo.CompiledStep]:
+    """The policy and value phases' minibatch steps compiled (`ppo.compile`), over the data
+    `ppo_update` gathers; the value's log-std is read from the model inside the graph, where
+    it is a parameter being differentiated."""
+    def policy(*data: Tensor) -> tuple[Tensor, Tensor]:
+        return ppo.policy_objective(*policy_terms(model, *data), config)
+
+    def value(*data: Tensor) -> tuple[Tensor, Tensor]:
+        predicted, returns = value_terms(model, *data)
+        loss = ppo.value_loss(predicted, returns, model.value_log_std, config.value_loss)
+        return loss, loss.detach()
+
+    return (ppo.CompiledStep(model, list(model.policy_parameters()), policy),
+            ppo.CompiledStep(model, list(model.value_parameters()), value))
+
+
 def ppo_update(
     model: ActorCritic,
     policy_optimizer: torch.optim.Optimizer,
@@ -241,20 +276,21 @@ def ppo_update(
     generator: torch.Generator,
     schedules: tuple[ppo.LRSchedule, ppo.LRSchedule],
     first_step: int,
+    compiled: tuple[ppo.CompiledStep, ppo.CompiledStep] | None = None,
 ) -> dict[str, float]:
-    """`ppo.ppo_update` over the epoch's windows, each an independent sample."""
-
-    def policy_terms(index: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        out = model(batch.windows[index], batch.lengths[index])
-        return out.log_prob(batch.actions[index]), batch.log_probs[index], batch.advantages[index], out.entropy()
-
-    def value_terms(index: Tensor) -> tuple[Tensor, Tensor]:
-        return model.value(batch.windows[index], batch.lengths[index]), batch.returns[index]
-
+    """`ppo.ppo_update` over the epoch's windows, each an independent sample; `compiled`: its
+    phases' steps as `compiled_steps` (built once per run: each compiles on its first call)."""
+    policy = ppo.Gathered(
+        lambda index: (batch.windows[index], batch.lengths[index], batch.actions[index], batch.log_probs[index],
+                       batch.advantages[index]),
+        lambda *data: policy_terms(model, *data))
+    value = ppo.Gathered(lambda index: (batch.windows[index], batch.lengths[index], batch.returns[index]),
+                         lambda *data: value_terms(model, *data))
+    policy_step, value_step = compiled or (None, None)
     stats = ppo.ppo_update(
         len(batch), config.minibatch_size,
-        (ppo.Phase(policy_optimizer, list(model.policy_parameters()), schedules[0]), policy_terms),
-        (ppo.Phase(value_optimizer, list(model.value_parameters()), schedules[1]), value_terms),
+        (ppo.Phase(policy_optimizer, list(model.policy_parameters()), schedules[0], policy_step), policy),
+        (ppo.Phase(value_optimizer, list(model.value_parameters()), schedules[1], value_step), value),
         model.value_log_std, config, generator, first_step, lambda index: batch.advantages[index])
     stats["losses/explained_variance"] = ppo.explained_variance(batch.values, batch.returns)
     return stats | _policy_charts(model)
@@ -286,6 +322,9 @@ class TrMRL(InMemoryPPO):
         # the windows' schedule keeps the original's nominal epoch (`ppo.lr_factor`); whole
         # sequences count their own steps, so the decay starts at the epoch the config names
         self.schedules = ppo.lr_schedules(config.ppo, samples, self.steps_per_epoch if whole else None)
+        if config.ppo.compile and distributed.world().size > 1:
+            raise ConfigError("ppo.compile runs in one process; leave it off with --nproc > 1")
+        self.compiled = compiled_steps(self.model, config.ppo) if config.ppo.compile else None
 
     def save_attention(self, tester: MetaTester, out_dir: Path) -> list[Path]:
         """One trial of the tester's first task; the attention of each step's newest memory."""
@@ -311,5 +350,5 @@ class TrMRL(InMemoryPPO):
             return metrics, int(sequences.valid.sum())
         batch = make_batch(rollout, config, self.policy)
         metrics = ppo_update(self.model, optimizers.policy, optimizers.value, batch, config, generator,
-                             self.schedules, first_step)
+                             self.schedules, first_step, self.compiled)
         return metrics, len(batch)
