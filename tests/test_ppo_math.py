@@ -122,7 +122,9 @@ def test_the_cheetah_vel_update_runs_320_steps_on_a_312_step_clock():
     assert TrMRL(config, make_task_distribution("cheetah-vel")).steps_per_epoch == 320  # 10 * ceil(8000 / 256)
 
 
-@pytest.mark.parametrize("share", [True, False])
+# the presets' layout (a separate value MLP) in the default run; the shared network, which
+# compiles the transformer twice (about 50 s more), with the slow tests
+@pytest.mark.parametrize("share", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_a_compiled_update_equals_the_eager_one(share):
     """`ppo.compile`: the same minibatches through one compiled graph per phase give the eager
     update's metrics and weights at float rounding, and the compiled steps are what ran."""
