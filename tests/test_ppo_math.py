@@ -122,12 +122,14 @@ def test_the_cheetah_vel_update_runs_320_steps_on_a_312_step_clock():
     assert TrMRL(config, make_task_distribution("cheetah-vel")).steps_per_epoch == 320  # 10 * ceil(8000 / 256)
 
 
-# the presets' layout (a separate value MLP) in the default run; the shared network, which
-# compiles the transformer twice (about 50 s more), with the slow tests
-@pytest.mark.parametrize("share", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_a_compiled_update_equals_the_eager_one(share):
-    """`ppo.compile`: the same minibatches through one compiled graph per phase give the eager
-    update's metrics and weights at float rounding, and the compiled steps are what ran."""
+# the presets' layout (a separate value MLP) in the default run, with gradients clipped (a norm
+# far below theirs, so every step clips); the shared network, which compiles the transformer
+# twice (about 50 s more), unclipped, with the slow tests
+@pytest.mark.parametrize("share, max_grad_norm", [(False, 0.01), pytest.param(True, None, marks=pytest.mark.slow)])
+def test_a_compiled_update_equals_the_eager_one(share, max_grad_norm):
+    """`ppo.compile`: the same minibatches through one compiled graph per phase (gradients,
+    clipping and AdamW) give the eager update's metrics, weights and optimiser state at float
+    rounding, and the compiled steps are what ran."""
     import dataclasses
 
     import numpy as np
@@ -138,7 +140,8 @@ def test_a_compiled_update_equals_the_eager_one(share):
 
     base = tiny_config()
     # 80 samples in minibatches of 16: one shape per phase, so each compiles once
-    ppo_config = dataclasses.replace(base.ppo, minibatch_size=16, norm_adv=True, ent_coef=0.01, value_loss="nll")
+    ppo_config = dataclasses.replace(base.ppo, minibatch_size=16, norm_adv=True, ent_coef=0.01, value_loss="nll",
+                                     max_grad_norm=max_grad_norm)
     config = dataclasses.replace(base, ppo=ppo_config, model=dataclasses.replace(base.model, share_network=share))
     distribution = make_task_distribution("point-nav")
     eager = TrMRL(config, distribution)
@@ -146,10 +149,10 @@ def test_a_compiled_update_equals_the_eager_one(share):
     assert eager.compiled is None and compiled.compiled is not None
     calls = {"policy": 0, "value": 0}
     for name, step in zip(calls, compiled.compiled, strict=True):
-        def counted(*args, _f=step.gradients, _name=name):
+        def counted(*args, _f=step.graph, _name=name):
             calls[_name] += 1
             return _f(*args)
-        step.gradients = counted
+        step.graph = counted
 
     tasks = distribution.sample(np.random.default_rng(0), 8, "train")
     rollout = eager.sampler.collect(eager.policy, tasks, list(range(8)),
@@ -171,3 +174,10 @@ def test_a_compiled_update_equals_the_eager_one(share):
         torch.testing.assert_close(p_c, p_e, rtol=1e-4, atol=1e-6, msg=name)
         moved = max(moved, float((dict(eager.model.named_parameters())[name] - initial[name]).detach().abs().max()))
     assert moved > 1e-3  # the updates did move the weights
+    for phase in ("policy", "value"):  # the state a checkpoint keeps, as the eager AdamW left it
+        state_e = getattr(eager.optimizers, phase).state_dict()["state"]
+        state_c = getattr(compiled.optimizers, phase).state_dict()["state"]
+        assert state_c.keys() == state_e.keys()
+        for i in state_e:
+            assert state_c[i]["step"].dtype == state_e[i]["step"].dtype and float(state_c[i]["step"]) == 20
+            torch.testing.assert_close(state_c[i]["exp_avg_sq"], state_e[i]["exp_avg_sq"], rtol=1e-3, atol=1e-10)

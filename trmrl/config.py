@@ -134,10 +134,11 @@ class PPOConfig:
     """At a time limit, bootstrap from the value of the final observation. The paper's code
     instead treats the trial's end as terminal (Monte-Carlo returns, value 0 past the end)."""
     compile: bool = False
-    """Run each minibatch step's forward and backward passes as one compiled graph
-    (`torch.compile`; TrMRL's window memory, one process): the same minibatches and arithmetic,
-    equal to the eager step at float rounding, several times faster on small minibatches
-    (benchmarks/README.md). Compiling takes about a minute per phase when a run starts."""
+    """Run each minibatch step (forward and backward passes, clipping, the AdamW step) as one
+    compiled graph (`torch.compile`; TrMRL's window memory, one process): the same minibatches
+    and arithmetic, equal to the eager step at float rounding, several times faster on small
+    minibatches (benchmarks/README.md). Compiling takes about a minute per phase when a run
+    starts."""
 
     def __post_init__(self) -> None:
         require(0.0 < self.gamma <= 1.0, "ppo.gamma must be in (0, 1]")

@@ -16,7 +16,7 @@ from trmrl.errors import DivergenceError
 def gradient_step(
     loss: Tensor | None, optimizer: torch.optim.Optimizer, params: Sequence[Tensor], max_grad_norm: float | None,
     what: str, extras: Tensor | None = None, data_parallel: bool = False,
-    clip_groups: Sequence[Sequence[Tensor]] | None = None, backward: bool = True,
+    clip_groups: Sequence[Sequence[Tensor]] | None = None,
 ) -> Tensor:
     """One optimiser step on `loss`; a non-finite loss is a DivergenceError (the run keeps its
     last good checkpoint) rather than a silent NaN in the weights. Returns [loss, *extras].
@@ -27,10 +27,7 @@ def gradient_step(
     stop alike on a non-finite loss. The returned numbers are the sums.
 
     `clip_groups`: parts of `params` whose gradient norms are clipped to `max_grad_norm` each
-    (VariBAD's encoder and decoders); default: all of `params` as one.
-
-    `backward=False`: the gradients are already in the parameters' `.grad` (a compiled step,
-    `trmrl.ppo.CompiledStep`); only the check, clipping and the step remain."""
+    (VariBAD's encoder and decoders); default: all of `params` as one."""
     numbers = torch.zeros(1) if loss is None else loss.detach().reshape(1).cpu()
     if extras is not None:
         numbers = torch.cat([numbers, extras.detach().reshape(-1).cpu()])
@@ -38,11 +35,9 @@ def gradient_step(
         assert loss is not None
         if not torch.isfinite(loss):
             raise DivergenceError(f"non-finite {what} loss ({loss.item()})")
-        if backward:
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
     else:
-        assert backward, "a compiled step runs in one process"
         optimizer.zero_grad(set_to_none=True)
         if loss is not None:
             loss.backward()

@@ -12,6 +12,7 @@ recursion after step t:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from torch.func import functional_call, grad_and_value
 
 from trmrl import distributed
 from trmrl.config import PPOConfig
+from trmrl.errors import DivergenceError
 from trmrl.optim import gradient_step
 from trmrl.rollout import Rollout
 
@@ -194,6 +196,20 @@ def policy_objective(log_probs: Tensor, old_log_probs: Tensor, advantages: Tenso
     return loss, (log_probs - old_log_probs).detach()
 
 
+def policy_statistics(log_ratio: Tensor, clip_coef: float) -> Tensor:
+    """(approximate KL, clip fraction) of a minibatch's log-ratios log pi/pi_old: the mean of
+    (rho - 1) - log rho (Schulman's k3 estimator) and the fraction with |rho - 1| > clip_coef."""
+    with torch.no_grad():
+        ratio = log_ratio.exp()
+        return torch.stack([((ratio - 1) - log_ratio).mean(), ((ratio - 1).abs() > clip_coef).float().mean()])
+
+
+def _append_policy_statistics(stats: dict[str, list[float]], statistics: Tensor) -> None:
+    approx_kl, clipfrac = statistics.tolist()
+    stats["approx_kl"].append(approx_kl)
+    stats["clipfrac"].append(clipfrac)
+
+
 class _Objective(nn.Module):
     """`model` as a submodule, so that `functional_call` swaps its parameters while `objective`
     (a closure over the same model) runs."""
@@ -206,38 +222,94 @@ class _Objective(nn.Module):
         return self.objective(*data)
 
 
-class CompiledStep:
-    """A phase's minibatch objective, forward and backward, as one compiled graph
-    (`torch.compile` over `torch.func.grad_and_value`). Small minibatches are bound by the cost
-    of each operator, not by their arithmetic (ML1's 32 windows through d_model 32: 5% of the
-    fp32 peak eager; benchmarks/README.md); one graph removes most of it. `objective(*data)`
-    returns (loss, aux); the call writes the loss's gradients into `params`' `.grad`, as
-    `loss.backward()` would, and returns (loss, aux). Compiled once per minibatch shape (an
-    epoch's last minibatch may be shorter), on the first call."""
+def _small_bmm_as_loops() -> None:
+    """Have inductor write batched matmuls as fused loops (a product and a sum) instead of
+    calling the library's batched GEMM: the attention's are tiny (a window of 5, heads of 8),
+    and the library call costs about 60 us each where a loop takes a few (one ML1 step: 2.4
+    against 3.7 ms, benchmarks/README.md). Only batched matmuls: `cpu_max_other_dimension_
+    decomposition` 0 leaves every plain matmul to the library. The pass reads its thresholds
+    when inductor first loads it, so they are set in the module too for a process that
+    compiled something before."""
+    options = {"cpu_max_first_dimension_decomposition": 1 << 30, "cpu_max_other_dimension_decomposition": 0}
+    torch._inductor.config.post_grad_fusion_options = {
+        **torch._inductor.config.post_grad_fusion_options, "decompose_mm_pass": options}
+    from torch._inductor.fx_passes import decompose_mem_bound_mm
 
-    def __init__(self, model: nn.Module, params: Sequence[nn.Parameter],
-                 objective: Callable[..., tuple[Tensor, Tensor]]) -> None:
+    for name, value in options.items():
+        setattr(decompose_mem_bound_mm, name, value)
+
+
+class CompiledStep:
+    """A phase's whole minibatch step as one compiled graph (`torch.compile`): the objective's
+    gradients (`torch.func.grad_and_value`), their clipping to `max_grad_norm`, and the AdamW
+    step of the phase's `optimizer`, whose parameters and state tensors it updates in place, as
+    `optimizer.step()` would (the same state, so checkpoints do not tell the two apart).
+    Small minibatches are bound by the cost of each operator and call, not by their arithmetic
+    (ML1's 32 windows through d_model 32: 5% of the fp32 peak eager; benchmarks/README.md); one
+    graph removes most of it. `objective(*data)` returns (loss, aux); a call returns them after
+    the step. Compiled once per minibatch shape (an epoch's last minibatch may be shorter), on
+    the first call."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 objective: Callable[..., tuple[Tensor, Tensor]], max_grad_norm: float | None) -> None:
+        (group,) = optimizer.param_groups
+        if not isinstance(optimizer, torch.optim.AdamW) or group["amsgrad"] or group["maximize"]:
+            raise ValueError("a compiled step runs plain AdamW")
+        self.optimizer, self.params = optimizer, list(group["params"])
         wrapper = _Objective(model, objective)
         names = {id(p): name for name, p in wrapper.named_parameters()}
-        self.trainable = [(names[id(p)], p) for p in params]
+        keys = [names[id(p)] for p in self.params]
+        beta1, beta2 = group["betas"]
+        eps, weight_decay = group["eps"], group["weight_decay"]
 
-        def loss(trainable: dict[str, Tensor], *data: Tensor) -> tuple[Tensor, Tensor]:
-            return functional_call(wrapper, trainable, data, strict=False)
+        def loss(params: dict[str, Tensor], *data: Tensor) -> tuple[Tensor, Tensor]:
+            return functional_call(wrapper, params, data, strict=False)
 
-        self.gradients = torch.compile(grad_and_value(loss, has_aux=True), dynamic=False)
+        gradients = grad_and_value(loss, has_aux=True)
 
-    def __call__(self, *data: Tensor) -> tuple[Tensor, Tensor]:
-        grads, (loss, aux) = self.gradients({name: p.detach() for name, p in self.trainable}, *data)
-        for name, p in self.trainable:
-            p.grad = grads[name]
-        return loss, aux
+        def step(params: list[Tensor], exp_avgs: list[Tensor], exp_avg_sqs: list[Tensor], steps: list[Tensor],
+                 lr: Tensor, *data: Tensor) -> tuple[Tensor, Tensor]:
+            by_name, (value, aux) = gradients(dict(zip(keys, params)), *data)
+            grads = [by_name[k] for k in keys]
+            if max_grad_norm is not None:  # as torch.nn.utils.clip_grad_norm_
+                norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+                grads = [g * (max_grad_norm / (norm + 1e-6)).clamp(max=1.0) for g in grads]
+            for p, g, exp_avg, exp_avg_sq, count in zip(params, grads, exp_avgs, exp_avg_sqs, steps, strict=True):
+                # torch.optim.AdamW's arithmetic (decoupled weight decay, bias-corrected moments)
+                count.add_(1)
+                p.mul_(1 - lr * weight_decay)
+                exp_avg.lerp_(g, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                denom = exp_avg_sq.sqrt() / (1 - beta2 ** count).sqrt() + eps
+                p.sub_(lr / (1 - beta1 ** count) * exp_avg / denom)
+            return value, aux
+
+        _small_bmm_as_loops()
+        self.graph = torch.compile(step, dynamic=False)
+        self.lr = torch.zeros(())
+
+    def __call__(self, lr: float, *data: Tensor) -> tuple[Tensor, Tensor]:
+        states = [self._state(p) for p in self.params]
+        self.lr.fill_(lr)
+        return self.graph([p.detach() for p in self.params], [s["exp_avg"] for s in states],
+                          [s["exp_avg_sq"] for s in states], [s["step"] for s in states], self.lr, *data)
+
+    def _state(self, p: Tensor) -> dict[str, Tensor]:
+        """p's AdamW state, created at the first step as torch's fused AdamW creates it (a
+        float32 step count on p's device), so either can take over from the other."""
+        state = self.optimizer.state[p]
+        if not state:
+            state.update(step=torch.zeros((), dtype=torch.float32, device=p.device),
+                         exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
+                         exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format))
+        return state
 
 
 @dataclass(frozen=True)
 class Phase:
     """One phase of the update: its optimiser, the parameters it steps (for gradient clipping)
-    and its learning-rate schedule; `compiled`: its minibatch objective as one graph (then the
-    phase's terms are `Gathered`, whose `gather` feeds it)."""
+    and its learning-rate schedule; `compiled`: its whole minibatch step as one graph, optimiser
+    step included (then the phase's terms are `Gathered`, whose `gather` feeds it)."""
 
     optimizer: torch.optim.Optimizer
     params: Sequence[Tensor]
@@ -277,24 +349,24 @@ def ppo_update(
                     _data_parallel_step(name, phase, terms, distributed.minibatch_share(index), advantages(index),
                                         value_log_std, config, stats)
                     continue
-                compiled = phase.compiled
-                data = terms.gather(index) if compiled else ()  # type: ignore[union-attr]
+                if phase.compiled:
+                    loss, extras = phase.compiled(rates[f"charts/{name}_lr"], *terms.gather(index))  # type: ignore[union-attr]
+                    if not math.isfinite(number := loss.item()):
+                        raise DivergenceError(f"non-finite {name} loss ({number})")
+                    stats[f"{name}_loss"].append(number)
+                    if name == "policy":
+                        _append_policy_statistics(stats, extras)
+                    continue
                 if name == "value":
-                    if compiled:
-                        loss, _ = compiled(*data)
-                    else:
-                        predicted, returns = terms(index)  # type: ignore[misc]
-                        loss = value_loss(predicted, returns, value_log_std, config.value_loss)
-                    gradient_step(loss, phase.optimizer, phase.params, config.max_grad_norm, "value",
-                                  backward=not compiled)
+                    predicted, returns = terms(index)  # type: ignore[misc]
+                    loss = value_loss(predicted, returns, value_log_std, config.value_loss)
+                    gradient_step(loss, phase.optimizer, phase.params, config.max_grad_norm, "value")
                     stats["value_loss"].append(loss.item())
                     continue
-                loss, log_ratio = compiled(*data) if compiled else policy_objective(*terms(index), config)  # type: ignore[misc]
-                gradient_step(loss, phase.optimizer, phase.params, config.max_grad_norm, "policy", backward=not compiled)
-                with torch.no_grad():
-                    stats["approx_kl"].append(((log_ratio.exp() - 1) - log_ratio).mean().item())
-                    stats["clipfrac"].append(((log_ratio.exp() - 1).abs() > config.clip_coef).float().mean().item())
-                    stats["policy_loss"].append(loss.item())
+                loss, log_ratio = policy_objective(*terms(index), config)  # type: ignore[misc]
+                gradient_step(loss, phase.optimizer, phase.params, config.max_grad_norm, "policy")
+                stats["policy_loss"].append(loss.item())
+                _append_policy_statistics(stats, policy_statistics(log_ratio, config.clip_coef))
     return {f"losses/{k}": sum(v) / len(v) for k, v in stats.items() if v} | rates
 
 

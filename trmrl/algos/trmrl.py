@@ -251,20 +251,22 @@ def value_terms(model: ActorCritic, windows: Tensor, lengths: Tensor, returns: T
     return model.value(windows, lengths), returns
 
 
-def compiled_steps(model: ActorCritic, config: PPOConfig) -> tuple[ppo.CompiledStep, ppo.CompiledStep]:
+def compiled_steps(model: ActorCritic, optimizers: TwoPhaseOptimizers, config: PPOConfig
+                   ) -> tuple[ppo.CompiledStep, ppo.CompiledStep]:
     """The policy and value phases' minibatch steps compiled (`ppo.compile`), over the data
-    `ppo_update` gathers; the value's log-std is read from the model inside the graph, where
-    it is a parameter being differentiated."""
+    `ppo_update` gathers, each with its phase's optimiser step; the value's log-std is read from
+    the model inside the graph, where it is a parameter being differentiated."""
     def policy(*data: Tensor) -> tuple[Tensor, Tensor]:
-        return ppo.policy_objective(*policy_terms(model, *data), config)
+        loss, log_ratio = ppo.policy_objective(*policy_terms(model, *data), config)
+        return loss, ppo.policy_statistics(log_ratio, config.clip_coef)
 
     def value(*data: Tensor) -> tuple[Tensor, Tensor]:
         predicted, returns = value_terms(model, *data)
         loss = ppo.value_loss(predicted, returns, model.value_log_std, config.value_loss)
         return loss, loss.detach()
 
-    return (ppo.CompiledStep(model, list(model.policy_parameters()), policy),
-            ppo.CompiledStep(model, list(model.value_parameters()), value))
+    return (ppo.CompiledStep(model, optimizers.policy, policy, config.max_grad_norm),
+            ppo.CompiledStep(model, optimizers.value, value, config.max_grad_norm))
 
 
 def ppo_update(
@@ -324,7 +326,7 @@ class TrMRL(InMemoryPPO):
         self.schedules = ppo.lr_schedules(config.ppo, samples, self.steps_per_epoch if whole else None)
         if config.ppo.compile and distributed.world().size > 1:
             raise ConfigError("ppo.compile runs in one process; leave it off with --nproc > 1")
-        self.compiled = compiled_steps(self.model, config.ppo) if config.ppo.compile else None
+        self.compiled = compiled_steps(self.model, self.optimizers, config.ppo) if config.ppo.compile else None
 
     def save_attention(self, tester: MetaTester, out_dir: Path) -> list[Path]:
         """One trial of the tester's first task; the attention of each step's newest memory."""
