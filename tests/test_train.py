@@ -203,6 +203,17 @@ def test_plot_splits_a_group_whose_runs_are_different_experiments(tmp_path, caps
     assert "differ in model.window" in capsys.readouterr().err
     plot_runs([tmp_path / f"pn-s{s}" for s in (1, 2)], tmp_path / "plots")  # one experiment: no warning
     assert "differ" not in capsys.readouterr().err
+    # seed 2's config.json in the layout written before a run held one algorithm's config (every
+    # algorithm's section), its update compiled: still the same experiment as seed 1
+    from trmrl.algos import make_config
+    from trmrl.config import to_dict
+
+    written = json.loads((tmp_path / "pn-s2" / "config.json").read_text())
+    legacy = {name: to_dict(make_config(name))[name] for name in ("maml", "pearl", "rl2", "varibad")}
+    legacy["ppo"] = written["ppo"] | {"compile": True}
+    (tmp_path / "pn-s2" / "config.json").write_text(json.dumps(written | legacy))
+    runs = [load_run(tmp_path / f"pn-s{s}", "adaptation") for s in (1, 2)]
+    assert [r.label for r in split_mixed_groups(runs)] == ["trmrl: pn"] * 2
 
 
 def test_a_runs_other_protocols_run_beside_the_meta_test_and_at_the_end(tmp_path):

@@ -313,13 +313,28 @@ def shared_preset(runs: Sequence[Run]) -> str | None:
 
 
 NOT_CONFIG = ("seed", "run_dir", "progress", "torch_threads", "total_env_steps", "checkpoint_every",
-              "eval.every_epochs", "eval.same_tasks", "device", "dist_timeout", "imports", "track")
+              "eval.every_epochs", "eval.same_tasks", "device", "dist_timeout", "imports", "track", "ppo.compile")
 """Fields that do not make two runs different experiments (a longer budget extends one; learning
-curves are drawn where all runs of a group have points)."""
+curves are drawn where all runs of a group have points; a compiled update is the eager one's
+arithmetic at float rounding)."""
 
 
 def _flat(config: dict) -> dict[str, object]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in flatten(config).items() if k not in NOT_CONFIG}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in flatten(_current(config)).items()
+            if k not in NOT_CONFIG}
+
+
+def _current(config: dict) -> dict:
+    """A config.json as today's code reads it back (other algorithms' sections of an older
+    layout dropped, fields added since at their defaults), so runs of one experiment written
+    before and after a layout change compare equal; as written where it does not read back."""
+    from trmrl.algos import load_config
+    from trmrl.config import to_dict
+
+    try:
+        return {"algo": config.get("algo", "trmrl")} | to_dict(load_config(config))
+    except (ConfigError, TypeError, ValueError, KeyError):
+        return config
 
 
 def split_mixed_groups(runs: list[Run]) -> list[Run]:
