@@ -285,7 +285,9 @@ class CompiledStep:
             return value, aux
 
         _small_bmm_as_loops()
-        self.graph = torch.compile(step, dynamic=False)
+        # cpp_wrapper: the graph's calls to its kernels are made from C++, not from generated
+        # Python; with about 60 small kernels per ML1 step that per-call cost was ~15% of the step
+        self.graph = torch.compile(step, dynamic=False, options={"cpp_wrapper": True})
         self.lr = torch.zeros(())
 
     def __call__(self, lr: float, *data: Tensor) -> tuple[Tensor, Tensor]:
