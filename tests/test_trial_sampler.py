@@ -159,17 +159,24 @@ def test_data_do_not_depend_on_how_tasks_are_split_over_samplers(name):
         assert not torch.equal(together.actions[:, 0], together.actions[:, 1])  # streams differ per task
 
 
-@pytest.mark.parametrize("name", ["point-nav", "ant-dir"])
-def test_subprocess_envs_give_the_data_of_in_process_envs(name):
-    """`vector_env='async'` (one subprocess per env) collects exactly what the in-process envs
-    collect, including restarted trials (ant-dir terminates early) and fewer tasks than envs."""
+@pytest.mark.parametrize("name, vector_env", [("point-nav", "async"), ("ant-dir", "async"), ("point-nav", "split"),
+                                              ("ant-dir", "split")])
+def test_subprocess_envs_give_the_data_of_in_process_envs(name, vector_env, monkeypatch):
+    """`vector_env='async'` (one subprocess per env) and 'split' (shards over worker processes;
+    here three shards of 1, 2 and 2 envs whatever the machine's cores) collect exactly what the
+    in-process envs collect, including restarted trials (ant-dir terminates early) and fewer
+    tasks than envs (3 of 5: the last shard idle); closing ends the workers."""
+    from trmrl import sampler
     from trmrl.algos.trmrl import TrMRLPolicy
     from trmrl.nets.policy import ActorCritic, ModelConfig
     from trmrl.seeding import Stream, task_streams
 
+    monkeypatch.setattr(sampler, "usable_cores", lambda: 3)
     dist = make_task_distribution(name)
     tasks = dist.sample(np.random.default_rng(0), 3, "train")
-    local, remote = TrialSampler(dist, 4, 2, 6), TrialSampler(dist, 4, 2, 6, vector_env="async")
+    local, remote = TrialSampler(dist, 5, 2, 6), TrialSampler(dist, 5, 2, 6, vector_env=vector_env)
+    workers = [process for _, process in getattr(remote.envs, "workers", [])]
+    assert len(workers) == (2 if vector_env == "split" else 0)
     model = ActorCritic(local.obs_dim, local.act_dim, ModelConfig(d_model=16, n_heads=2, d_ff=16, window=3),
                         torch.Generator().manual_seed(0))
     policy = TrMRLPolicy(model, "trial")
@@ -178,6 +185,9 @@ def test_subprocess_envs_give_the_data_of_in_process_envs(name):
                               steps=30) for s in (local, remote)]
     finally:
         remote.close()
+    assert not any(process.is_alive() for process in workers)
+    if vector_env == "split":
+        assert remote.envs.bounds == [0, 1, 3, 5] and remote.envs._active == [(1, 3)]
     assert rollouts[0].trial_end.any()  # trials ended and restarted within the 30 steps
     for field in ("obs", "actions", "rewards", "bootstrap_values", "episode_start", "trial_start", "episode_end",
                   "terminated", "trial_end", "cut_values"):
@@ -195,3 +205,41 @@ def test_trials_of_a_random_length_are_refused_where_they_cannot_apply():
     with pytest.raises(ConfigError, match="maml does not train on trials of a random length"):
         make_config("maml", task=TaskConfig(min_episodes_per_trial=1))
     assert make_config("rl2", task=TaskConfig(min_episodes_per_trial=1)).task.min_episodes_per_trial == 1
+
+
+class _BrokenStep:
+    """A trial env whose simulator fails at its first step in a worker process of 'split' (the
+    shard of the process itself steps)."""
+
+    def __init__(self) -> None:
+        self.env = TrialEnv(make_task_distribution("point-nav").make_env(), 2, 6)
+        self.observation_space, self.action_space = self.env.observation_space, self.env.action_space
+
+    def reset(self, **kwargs):
+        return self.env.reset(**kwargs)
+
+    def step(self, action):
+        import multiprocessing
+
+        if multiprocessing.parent_process() is not None:
+            raise FloatingPointError("the simulator diverged")
+        return self.env.step(action)
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def test_a_failing_env_in_a_split_worker_is_reported_where_the_step_was_asked_for():
+    from trmrl.sampler import SplitEnvs
+
+    envs = SplitEnvs(_BrokenStep, 2, shards=2)
+    workers = [process for _, process in envs.workers]
+    assert len(workers) == 1
+    try:
+        tasks = make_task_distribution("point-nav").sample(np.random.default_rng(0), 2, "train")
+        assert envs.reset(tasks, [0, 1]).shape == (2, envs.observation_space.shape[0])
+        with pytest.raises(RuntimeError, match="an env worker failed: FloatingPointError: the simulator diverged"):
+            envs.step(np.zeros((2, envs.action_space.shape[0])))
+    finally:
+        envs.close()
+    assert not any(process.is_alive() for process in workers)

@@ -48,11 +48,13 @@ class TaskConfig:
     """H: time limit of one episode (a truncation, not a termination)."""
     tasks_per_epoch: int = 32
     """B: tasks sampled per epoch, one trial each, stepped as one batch."""
-    vector_env: Literal["sync", "async"] = "sync"
-    """How the B trial envs are stepped: one after the other in this process ('sync'), or each in
-    its own subprocess in parallel ('async', gymnasium's AsyncVectorEnv; the same data). On 2
-    cores async was slower even for MetaWorld (0.57-0.86x, `benchmarks/metaworld_speed.py`); it
-    is meant for machines with a core per few envs."""
+    vector_env: Literal["sync", "async", "split"] = "sync"
+    """How the B trial envs are stepped: one after the other in this process ('sync'); split into
+    one shard per core, this process stepping the first while a worker process each steps the
+    others ('split', one pipe crossing per worker and step); or each in its own subprocess
+    ('async', gymnasium's AsyncVectorEnv). All give the same data. On 2 cores async was slower
+    even for MetaWorld (0.57-0.86x, `benchmarks/metaworld_speed.py`); split is measured in
+    `benchmarks/sampler.py`."""
     reward_function_version: Literal["v1", "v2"] = "v2"
     """MetaWorld tasks only: the reward family (metaworld's default 'v2', the paper's setting)."""
     remembered_action: Literal["applied", "sampled"] = "applied"

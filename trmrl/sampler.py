@@ -6,7 +6,10 @@ same call can later run on remote workers without touching the algorithm.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import multiprocessing
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -64,7 +67,7 @@ def epoch_metrics(rollout: Rollout, samples: int, sampling: float, update: float
         "charts/sampling_sps": rollout.num_steps / sampling, "charts/update_samples_per_s": samples / update}
 
 
-VectorEnvKind = Literal["sync", "async"]
+VectorEnvKind = Literal["sync", "async", "split"]
 
 
 def _trial_env(distribution: TaskDistribution, episodes_per_trial: int, max_episode_steps: int,
@@ -186,6 +189,90 @@ class SubprocessEnvs:
         self.vec.close()
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and `taskset` set)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _shard_worker(conn: Any, make: Callable[[], TrialEnv], n: int) -> None:
+    """A worker process of `SplitEnvs`: its shard of trial envs, stepped on request."""
+    envs = InProcessEnvs(make, n)
+    while True:
+        command, *args = conn.recv()
+        if command == "close":
+            envs.close()
+            return
+        try:
+            conn.send(("ok", envs.reset(*args) if command == "reset" else envs.step(*args)))
+        except Exception as exc:  # noqa: BLE001 (any env failure is handed to the sampler, which raises it)
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+
+
+class SplitEnvs:
+    """The trial envs in contiguous shards, one per core, stepped at the same time: this process
+    steps the first shard while a worker process each steps the others (`_shard_worker`). The
+    policy still acts on all B at once in this process, so each step crosses a pipe once per
+    worker, not once per env (gymnasium's AsyncVectorEnv's cost on few cores). Each env is the
+    one `InProcessEnvs` would build, so the data are the same; fewer tasks than envs fill the
+    first shards."""
+
+    def __init__(self, make: Callable[[], TrialEnv], n: int, shards: int | None = None) -> None:
+        shards = max(1, min(n, usable_cores() if shards is None else shards))
+        self.bounds = [n * k // shards for k in range(shards + 1)]  # shard k: envs bounds[k]..bounds[k+1]-1
+        self.local = InProcessEnvs(make, self.bounds[1])
+        self.observation_space, self.action_space = self.local.observation_space, self.local.action_space
+        # forkserver: a worker starts from a clean process, not a fork of one running torch's threads
+        context = multiprocessing.get_context("forkserver")
+        self.workers = []
+        for lo, hi in zip(self.bounds[1:-1], self.bounds[2:]):
+            parent, child = context.Pipe()
+            process = context.Process(target=_shard_worker, args=(child, make, hi - lo), daemon=True)
+            process.start()
+            child.close()
+            self.workers.append((parent, process))
+        self._active: list[tuple[int, int]] = []  # (lo, hi) of each worker shard holding tasks
+
+    def __len__(self) -> int:
+        return self.bounds[-1]
+
+    def _ask(self, conn: Any) -> Any:
+        try:
+            status, payload = conn.recv()
+        except EOFError:
+            raise RuntimeError("an env worker process died (see its output above)") from None
+        if status == "error":
+            raise RuntimeError(f"an env worker failed: {payload}")
+        return payload
+
+    def reset(self, tasks: Sequence[Task], seeds: Sequence[int]) -> np.ndarray:
+        n = len(tasks)
+        self._active = [(lo, min(hi, n)) for lo, hi in zip(self.bounds[1:-1], self.bounds[2:]) if lo < n]
+        for (conn, _), (lo, hi) in zip(self.workers, self._active):
+            conn.send(("reset", tasks[lo:hi], seeds[lo:hi]))
+        first = min(n, self.bounds[1])
+        obs = [self.local.reset(tasks[:first], seeds[:first])] if first else []
+        return np.concatenate(obs + [self._ask(conn) for (conn, _), _ in zip(self.workers, self._active)])
+
+    def step(self, actions: np.ndarray) -> EnvStep:
+        for (conn, _), (lo, hi) in zip(self.workers, self._active):  # the workers step while this process does
+            conn.send(("step", actions[lo:hi]))
+        parts = [self.local.step(actions[: self.bounds[1]])]
+        parts += [self._ask(conn) for (conn, _), _ in zip(self.workers, self._active)]
+        return EnvStep(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(EnvStep)))
+
+    def close(self) -> None:
+        self.local.close()
+        for conn, process in self.workers:
+            try:
+                conn.send(("close",))
+            except (BrokenPipeError, OSError):
+                pass
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+        self.workers = []
+
+
 class TrialSampler:
     """B trial envs of one task distribution, stepped in lockstep; the policy is called once per
     step on all B, and its state is carried from step to step without being looked into."""
@@ -198,7 +285,9 @@ class TrialSampler:
         (`TrialEnv`); a rollout stays episodes_per_trial x max_episode_steps long, and a new
         trial on the same task starts where one ends early."""
         make = functools.partial(_trial_env, distribution, episodes_per_trial, max_episode_steps, min_episodes)
-        self.envs: EnvBatch = InProcessEnvs(make, n_envs) if vector_env == "sync" else SubprocessEnvs(make, n_envs)
+        kinds: dict[str, Callable[[Callable[[], TrialEnv], int], EnvBatch]] = {
+            "sync": InProcessEnvs, "async": SubprocessEnvs, "split": SplitEnvs}
+        self.envs = kinds[vector_env](make, n_envs)
         self.steps_per_trial = episodes_per_trial * max_episode_steps
         self.obs_dim = self.envs.observation_space.shape[0]
         space = self.envs.action_space
