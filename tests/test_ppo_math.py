@@ -126,10 +126,13 @@ def test_the_cheetah_vel_update_runs_320_steps_on_a_312_step_clock():
 # far below theirs, so every step clips); the shared network, which compiles the transformer
 # twice (about 50 s more), unclipped, with the slow tests
 @pytest.mark.parametrize("share, max_grad_norm", [(False, 0.01), pytest.param(True, None, marks=pytest.mark.slow)])
-def test_a_compiled_update_equals_the_eager_one(share, max_grad_norm):
+def test_a_compiled_update_equals_the_eager_one(share, max_grad_norm, monkeypatch):
     """`ppo.compile`: the same minibatches through one compiled graph per phase (gradients,
     clipping and AdamW) give the eager update's metrics, weights and optimiser state at float
-    rounding, and the compiled steps are what ran."""
+    rounding, and the compiled steps are what ran: each phase's graph compiled once, in a cache
+    of its own (dynamo caches per code object; one shared by the phases, and by the steps other
+    tests compiled in this process, would hold two entries here and, past its limit, run the
+    step uncompiled)."""
     import dataclasses
 
     import numpy as np
@@ -138,6 +141,8 @@ def test_a_compiled_update_equals_the_eager_one(share, max_grad_norm):
     from trmrl.algos.trmrl import TrMRL
     from trmrl.tasks import make_task_distribution
 
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
     base = tiny_config()
     # 80 samples in minibatches of 16: one shape per phase, so each compiles once
     ppo_config = dataclasses.replace(base.ppo, minibatch_size=16, norm_adv=True, ent_coef=0.01, value_loss="nll",

@@ -13,6 +13,7 @@ recursion after step t:
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -285,6 +286,11 @@ class CompiledStep:
             return value, aux
 
         _small_bmm_as_loops()
+        # A code object of this step's own: dynamo caches graphs per code object, so every
+        # CompiledStep (policy and value, any model in the process) would share one cache, check
+        # the others' guards at each call, and past dynamo's limit of 8 entries run uncompiled.
+        step = types.FunctionType(step.__code__.replace(), step.__globals__, step.__name__, step.__defaults__,
+                                  step.__closure__)
         # cpp_wrapper: the graph's calls to its kernels are made from C++, not from generated
         # Python; with about 60 small kernels per ML1 step that per-call cost was ~15% of the step
         self.graph = torch.compile(step, dynamic=False, options={"cpp_wrapper": True})
