@@ -126,7 +126,7 @@ def test_the_cheetah_vel_update_runs_320_steps_on_a_312_step_clock():
 # far below theirs, so every step clips); the shared network, which compiles the transformer
 # twice (about 50 s more), unclipped, with the slow tests
 @pytest.mark.parametrize("share, max_grad_norm", [(False, 0.01), pytest.param(True, None, marks=pytest.mark.slow)])
-def test_a_compiled_update_equals_the_eager_one(share, max_grad_norm, monkeypatch):
+def test_a_compiled_update_equals_the_eager_one(share, max_grad_norm):
     """`ppo.compile`: the same minibatches through one compiled graph per phase (gradients,
     clipping and AdamW) give the eager update's metrics, weights and optimiser state at float
     rounding, and the compiled steps are what ran: each phase's graph compiled once, in a cache
@@ -141,8 +141,6 @@ def test_a_compiled_update_equals_the_eager_one(share, max_grad_norm, monkeypatc
     from trmrl.algos.trmrl import TrMRL
     from trmrl.tasks import make_task_distribution
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
-    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
     base = tiny_config()
     # 80 samples in minibatches of 16: one shape per phase, so each compiles once
     ppo_config = dataclasses.replace(base.ppo, minibatch_size=16, norm_adv=True, ent_coef=0.01, value_loss="nll",
@@ -164,7 +162,8 @@ def test_a_compiled_update_equals_the_eager_one(share, max_grad_norm, monkeypatc
                                     [torch.Generator().manual_seed(i) for i in range(8)])
     for epoch in range(2):
         metrics_e, _ = eager.update(rollout, epoch, torch.Generator().manual_seed(epoch))
-        metrics_c, _ = compiled.update(rollout, epoch, torch.Generator().manual_seed(epoch))
+        with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+            metrics_c, _ = compiled.update(rollout, epoch, torch.Generator().manual_seed(epoch))
         assert metrics_c == pytest.approx(metrics_e, rel=1e-4, abs=1e-6)
     assert calls == {"policy": 2 * 2 * 5, "value": 2 * 2 * 5}  # 2 epochs x 2 passes x 5 minibatches
     initial = dict(TrMRL(config, distribution).model.named_parameters())
