@@ -292,8 +292,12 @@ class CompiledStep:
         step = types.FunctionType(step.__code__.replace(), step.__globals__, step.__name__, step.__defaults__,
                                   step.__closure__)
         # cpp_wrapper: the graph's calls to its kernels are made from C++, not from generated
-        # Python; with about 60 small kernels per ML1 step that per-call cost was ~15% of the step
-        self.graph = torch.compile(step, dynamic=False, options={"cpp_wrapper": True})
+        # Python; with about 60 small kernels per ML1 step that per-call cost was ~15% of the step.
+        # cpp.threads 1: the graph's own kernels run on one thread (the library GEMMs keep the
+        # process's threads). Inductor's OpenMP regions over these small loops made a step slower
+        # with 2 threads than with 1 (2 threads: ML1-Reach 7.9 ms against 2.9, cheetah-vel 231
+        # against 72; with OMP_WAIT_POLICY=PASSIVE cheetah-vel took 1.6 s: thousands of regions)
+        self.graph = torch.compile(step, dynamic=False, options={"cpp_wrapper": True, "cpp.threads": 1})
         self.lr = torch.zeros(())
 
     def __call__(self, lr: float, *data: Tensor) -> tuple[Tensor, Tensor]:
